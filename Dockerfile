@@ -1,0 +1,2 @@
+# Placeholder: the deployment issue provides the CPU and GPU images.
+FROM python:3.11-slim

@@ -1,0 +1,104 @@
+"""Saving and loading models with their config and fingerprint.
+
+A model file holds everything needed to rebuild the network (config + weights) and a fingerprint:
+the sha256 of the config and every weight. Prompt embeddings are only meaningful for the weights
+that made them, so the prompt store and the exported graphs carry this fingerprint and refuse to
+mix models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from models.build import build_model
+from models.config import ModelConfig
+from models.detector import UniSpector
+
+FORMAT = "unispector-model/1"
+# Parameters of the ImageNet classifier head: needed only to load the backbone strictly.
+_UNUSED_PREFIXES = ("backbone._conv_head.", "backbone._bn1.", "backbone._fc.")
+
+
+@dataclass
+class ModelFile:
+    model: UniSpector
+    config: ModelConfig
+    fingerprint: str
+    meta: dict = field(default_factory=dict)  # training config, data, metrics...
+
+
+def deployable_state(model: UniSpector) -> dict[str, torch.Tensor]:
+    """The weights inference needs (the unused classifier head left out)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(_UNUSED_PREFIXES)}
+
+
+def fingerprint(config: ModelConfig, state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_model(
+    model: UniSpector, config: ModelConfig, path: str | Path, meta: dict | None = None
+) -> str:
+    """Write a model file atomically (temp file + rename); returns the fingerprint."""
+    state = {k: v.detach().cpu().clone() for k, v in deployable_state(model).items()}
+    fp = fingerprint(config, state)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(
+        {
+            "format": FORMAT,
+            "config": config.to_dict(),
+            "state_dict": state,
+            "fingerprint": fp,
+            "meta": meta or {},
+        },
+        tmp,
+    )
+    tmp.replace(path)
+    return fp
+
+
+def load_model(path: str | Path, verify: bool = True) -> ModelFile:
+    """Rebuild the network from a model file; a corrupt or foreign file raises ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/garbage files
+        raise ValueError(f"model file {path} is unreadable or corrupt: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file")
+    config = ModelConfig.from_dict(blob["config"])
+    if verify and fingerprint(config, blob["state_dict"]) != blob["fingerprint"]:
+        raise ValueError(f"model file {path} fails its fingerprint check (corrupt or edited)")
+    model = build_model(config, pretrained=False)
+    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    missing = [k for k in missing if not k.startswith(_UNUSED_PREFIXES)]
+    if missing or unexpected:
+        raise ValueError(
+            f"model file {path} does not match its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    model.eval()
+    return ModelFile(model, config, blob["fingerprint"], blob.get("meta", {}))
+
+
+def update_meta(path: str | Path, **values) -> None:
+    """Add or replace metadata entries of a model file (atomically; weights untouched)."""
+    path = Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob["meta"] = {**blob.get("meta", {}), **values}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)

@@ -1,0 +1,62 @@
+"""Calibrate the default score threshold on defect-free images.
+
+A line tolerates few false rejects, so the default threshold is the score that at most
+`target_rate` of defect-free calibration images exceed with any detection, given real prompts of
+every class. The calibration images are a fixed, hash-chosen share of the defect-free images, so
+the same images are used every time and the rest stay unseen by the calibration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.data.records import DefectDataset, Record
+from models.evaluation.protocol import split_prompts
+from models.evaluation.runner import class_prototypes, prompt_material
+from models.predictor import TorchPredictor
+
+CALIBRATION_SHARE = 0.3
+
+
+def is_calibration_image(image_id: str, share: float = CALIBRATION_SHARE) -> bool:
+    """Stable membership of the calibration share (independent of order and seeds)."""
+    digest = hashlib.sha256(image_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+
+def calibration_images(records: Sequence[Record], share: float = CALIBRATION_SHARE) -> list[Record]:
+    return [r for r in records if not r.classes and is_calibration_image(r.image_id, share)]
+
+
+def max_scores(
+    predictor: TorchPredictor,
+    ds: DefectDataset,
+    seeds: Sequence[int],
+    prompts_per_class: int = 5,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Per (seed, calibration image): the highest detection score with all classes prompted."""
+    by_id = {r.image_id: r for r in ds.records}
+    images = calibration_images(ds.records)
+    out = []
+    for seed in seeds:
+        split = split_prompts(ds.records, ds.class_names, prompts_per_class, seed)
+        material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in ds.class_names}
+        protos = class_prototypes(predictor, material)
+        for start in range(0, len(images), batch_size):
+            batch = [ds.load(by_id[r.image_id])[0] for r in images[start : start + batch_size]]
+            for det in predictor.detect(
+                batch, protos, score_threshold=0.0, max_detections=1, with_masks=False
+            ):
+                out.append(float(det.scores[0]) if len(det) else 0.0)
+    return np.asarray(out)
+
+
+def threshold_for(scores: np.ndarray, target_rate: float) -> float:
+    """Smallest threshold with at most `target_rate` of images scoring at or above it."""
+    if len(scores) == 0:
+        raise ValueError("no defect-free calibration images")
+    return float(np.quantile(scores, 1 - target_rate, method="higher") + 1e-4)

@@ -1,0 +1,174 @@
+"""The InsA exemplar evaluation of a model (and the template-matching baseline) on one dataset.
+
+For each prompt seed: K prompt images per evaluated class (only images showing that class alone),
+every other image a query; the prompts of all evaluated classes are given together, so a detection
+must also name the right class. Defect-free images are queries with no ground truth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from models.data.records import DefectDataset, Instance
+from models.evaluation.metrics import Prediction, evaluate_ap50, false_alarm_rate, image_recall
+from models.evaluation.protocol import split_prompts
+from models.evaluation.template_baseline import TemplateMatcher
+from models.predictor import PromptRegion, TorchPredictor, prototypes_from
+
+AP_SCORE_FLOOR = 0.01  # detections kept for AP: low scores still rank the precision-recall curve
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    prompts_per_class: int = 5
+    seeds: tuple[int, ...] = (42, 82, 777)
+    classes: tuple[str, ...] | None = None  # None: every class of the dataset
+    batch_size: int = 8
+    baseline: bool = True
+
+
+def prompt_material(ds: DefectDataset, ids: list[str], name: str, by_id: dict):
+    """(image, instances of `name`) for each prompt image."""
+    out = []
+    for image_id in ids:
+        image, inst = ds.load(by_id[image_id])
+        out.append((image, [x for x in inst if x.class_name == name]))
+    return out
+
+
+def class_prototypes(predictor: TorchPredictor, material: dict[str, list]) -> np.ndarray:
+    """(C, d): per class, every instance of its prompt images encoded, then averaged."""
+    rows = []
+    for name in material:
+        embs = [
+            predictor.encode_prompts(image, [PromptRegion(x.box, x.mask) for x in insts])
+            for image, insts in material[name]
+        ]
+        rows.append(prototypes_from(np.concatenate(embs)))
+    return np.stack(rows)
+
+
+def _summary(gt, preds, classes, free_ids, defect_ids, threshold) -> dict:
+    ap = evaluate_ap50(gt, preds, classes)
+    return {
+        **ap,
+        "false_alarm_rate": false_alarm_rate(preds, free_ids, threshold),
+        "image_recall": image_recall(preds, defect_ids, threshold),
+    }
+
+
+def evaluate_seed(
+    predictor: TorchPredictor,
+    ds: DefectDataset,
+    classes: Sequence[str],
+    seed: int,
+    settings: EvalSettings,
+    progress: bool = True,
+) -> dict:
+    by_id = {r.image_id: r for r in ds.records}
+    split = split_prompts(ds.records, classes, settings.prompts_per_class, seed)
+    material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in classes}
+    protos = class_prototypes(predictor, material)
+    gt: dict[str, tuple[int, int, list[Instance]]] = {}
+    model_preds: list[Prediction] = []
+    base_preds: list[Prediction] = []
+    matcher = TemplateMatcher(material) if settings.baseline else None
+    model_time = base_time = 0.0
+    queries = split.queries
+    for start in tqdm(
+        range(0, len(queries), settings.batch_size), disable=not progress, desc=f"seed {seed}"
+    ):
+        ids = queries[start : start + settings.batch_size]
+        loaded = [ds.load(by_id[i]) for i in ids]
+        for image_id, (image, inst) in zip(ids, loaded, strict=True):
+            gt[image_id] = (
+                image.shape[0],
+                image.shape[1],
+                [x for x in inst if x.class_name in classes],
+            )
+        t0 = time.perf_counter()
+        dets = predictor.detect([im for im, _ in loaded], protos, AP_SCORE_FLOOR)
+        model_time += time.perf_counter() - t0
+        for image_id, det in zip(ids, dets, strict=True):
+            for j in range(len(det)):
+                model_preds.append(
+                    Prediction(
+                        image_id,
+                        classes[det.class_index[j]],
+                        float(det.scores[j]),
+                        det.boxes[j],
+                        det.masks[j],
+                    )
+                )
+        if matcher is not None:
+            t0 = time.perf_counter()
+            for image_id, (image, _) in zip(ids, loaded, strict=True):
+                base_preds.extend(matcher.predict(image_id, image))
+            base_time += time.perf_counter() - t0
+    free = [i for i in queries if not gt[i][2]]
+    defect = [i for i in queries if gt[i][2]]
+    thr = predictor.score_threshold
+    result = {
+        "seed": seed,
+        "prompts": split.prompts,
+        "queries": len(queries),
+        "model": {
+            **_summary(gt, model_preds, list(classes), free, defect, thr),
+            "images_per_s": len(queries) / max(model_time, 1e-9),
+        },
+    }
+    if matcher is not None:
+        base_thr = matcher.config.min_score
+        result["baseline"] = {
+            **_summary(gt, base_preds, list(classes), free, defect, base_thr),
+            "images_per_s": len(queries) / max(base_time, 1e-9),
+        }
+    return result
+
+
+def _mean_over_seeds(runs: list[dict], key: str, classes: Sequence[str]) -> dict:
+    parts = [r[key] for r in runs]
+    per_class = {
+        c: {
+            "ap50_box": float(np.nanmean([p["per_class"][c]["ap50_box"] for p in parts])),
+            "ap50_mask": float(np.nanmean([p["per_class"][c]["ap50_mask"] for p in parts])),
+            "images": int(np.mean([p["per_class"][c]["images"] for p in parts])),
+        }
+        for c in classes
+    }
+    mean = {m: float(np.nanmean([p["mean"][m] for p in parts])) for m in ("ap50_box", "ap50_mask")}
+    rates = {
+        k: float(np.mean([p[k] for p in parts]))
+        for k in ("false_alarm_rate", "image_recall", "images_per_s")
+    }
+    return {"per_class": per_class, "mean": mean, **rates}
+
+
+def evaluate(
+    predictor: TorchPredictor, ds: DefectDataset, settings: EvalSettings, progress: bool = True
+) -> dict:
+    """The full report (REPORT.json's content)."""
+    classes = list(settings.classes or ds.class_names)
+    unknown = set(classes) - set(ds.class_names)
+    if unknown:
+        raise ValueError(f"classes {sorted(unknown)} are not in {ds.name}: {ds.class_names}")
+    runs = [evaluate_seed(predictor, ds, classes, s, settings, progress) for s in settings.seeds]
+    report = {
+        **_mean_over_seeds(runs, "model", classes),
+        "settings": {
+            **asdict(settings),
+            "classes": classes,
+            "dataset": ds.name,
+            "score_threshold": predictor.score_threshold,
+            "model_fingerprint": predictor.fingerprint,
+        },
+        "runs": runs,
+    }
+    if settings.baseline:
+        report["baseline"] = _mean_over_seeds(runs, "baseline", classes)
+    return report

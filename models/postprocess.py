@@ -1,0 +1,88 @@
+"""Raw network outputs -> detections in original image pixels, shared by every backend.
+
+Scores are per (query, class) sigmoid probabilities; each query keeps its best class (a defect has
+one name); detections are ranked, thresholded, de-duplicated by class-wise NMS and mapped back
+through the letterbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.box_ops import batched_nms, cxcywh_to_xyxy
+from models.preprocess import Letterbox
+
+
+@dataclass
+class Detections:
+    """Detections of one image, sorted by decreasing score."""
+
+    class_index: np.ndarray  # (n,) int index into the prototype list
+    scores: np.ndarray  # (n,) float32 in [0, 1]
+    boxes: np.ndarray  # (n, 4) float32 xyxy in original pixels
+    masks: np.ndarray | None  # (n, H, W) bool in original pixels, or None when not requested
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _boxes_from_masks(masks: np.ndarray, fallback: torch.Tensor) -> torch.Tensor:
+    """Tight normalised xyxy boxes of binary masks (n, h, w); empty masks keep `fallback`."""
+    out = fallback.clone()
+    h, w = masks.shape[-2:]
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (n, h), (n, w)
+    for i in np.nonzero(rows.any(axis=1))[0]:
+        ys, xs = np.nonzero(rows[i])[0], np.nonzero(cols[i])[0]
+        out[i] = torch.tensor([xs[0] / w, ys[0] / h, (xs[-1] + 1) / w, (ys[-1] + 1) / h])
+    return out
+
+
+def postprocess(
+    logits: np.ndarray,
+    boxes: np.ndarray,
+    mask_logits: np.ndarray | None,
+    letterbox: Letterbox,
+    score_threshold: float | np.ndarray = 0.3,
+    max_detections: int = 100,
+    nms_iou: float = 0.6,
+    with_masks: bool = True,
+    box_from_mask: bool = True,
+) -> Detections:
+    """One image: logits (Q, C), boxes (Q, 4) normalised cxcywh, mask_logits (Q, h, w).
+
+    `score_threshold` may be one value or one per class (C,). With `box_from_mask`, a detection's
+    box is the tight box of its predicted mask wherever that mask is non-empty: the stride-4 mask
+    head localises small defects more precisely than the regressed box (as in Mask2Former).
+    """
+    probs = _sigmoid(logits.astype(np.float32))
+    cls = probs.argmax(axis=1) if probs.shape[1] else np.zeros(len(probs), dtype=np.int64)
+    score = probs.max(axis=1) if probs.shape[1] else np.zeros(len(probs), dtype=np.float32)
+    thr = np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (max(probs.shape[1], 1),))
+    keep = np.nonzero(score >= thr[cls])[0]
+    keep = keep[np.argsort(-score[keep], kind="stable")]
+    xyxy = cxcywh_to_xyxy(torch.from_numpy(boxes[keep].astype(np.float32)))
+    if box_from_mask and mask_logits is not None and len(keep):
+        xyxy = _boxes_from_masks(mask_logits[keep] > 0, xyxy)
+    if len(keep):
+        kept = batched_nms(
+            xyxy, torch.from_numpy(score[keep]), torch.from_numpy(cls[keep]), nms_iou
+        ).numpy()
+        keep, xyxy = keep[kept], xyxy[kept]
+    keep, xyxy = keep[:max_detections], xyxy[:max_detections].numpy()
+    masks = None
+    if with_masks and mask_logits is not None:
+        probs_m = letterbox.masks_to_original(_sigmoid(mask_logits[keep].astype(np.float32)))
+        masks = probs_m > 0.5
+    return Detections(
+        class_index=cls[keep].astype(np.int64),
+        scores=score[keep].astype(np.float32),
+        boxes=letterbox.boxes_to_original(xyxy.reshape(-1, 4)),
+        masks=masks,
+    )

@@ -1,0 +1,200 @@
+"""The predictor: preprocess -> predict -> postprocess, with any inference backend.
+
+It owns letterboxing and is stateless per request: `encode_prompts(image, regions)` gives exemplar
+embeddings once, when an engineer registers them; `detect(images, prototypes)` runs per
+inspection. Backends (models/runtime: PyTorch, ONNX Runtime, TensorRT) replace only the model call;
+preprocessing and postprocessing here are shared by all of them, and each stage is timed.
+`TorchPredictor` is the PyTorch reference path, kept for evaluation and training scripts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.checkpoint import ModelFile, load_model
+from models.postprocess import Detections, postprocess
+from models.preprocess import Letterbox, to_tensor_layout
+from models.runtime.base import DEFAULT_SCORE_THRESHOLD, InferenceBackend, ModelInfo
+from models.runtime.select import (
+    DEFAULT_MODEL_PATH,
+    BackendChoice,
+    RuntimeSettings,
+    select_backend,
+)
+from models.runtime.torch_backend import TorchBackend
+
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "DEFAULT_SCORE_THRESHOLD",
+    "Predictor",
+    "PromptRegion",
+    "StageTimes",
+    "TorchPredictor",
+    "prototypes_from",
+]
+
+
+@dataclass(frozen=True)
+class PromptRegion:
+    """An annotated exemplar region in original image pixels."""
+
+    box: np.ndarray  # (4,) x0, y0, x1, y1
+    mask: np.ndarray | None = None  # (H, W) bool; None means the filled box
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Seconds spent in each stage of one `detect` call."""
+
+    preprocess: float
+    predict: float
+    postprocess: float
+
+
+def prototypes_from(embeddings: np.ndarray) -> np.ndarray:
+    """Class prototype: the re-normalised mean of its exemplar embeddings (paper 3.3)."""
+    mean = np.asarray(embeddings, dtype=np.float64).mean(axis=0)
+    return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+
+
+def region_mask(lb: Letterbox, region: PromptRegion) -> np.ndarray:
+    """(S, S) float32 {0, 1} network-input mask of a prompt region (its mask, or its filled box)."""
+    if region.mask is not None:
+        return (lb.mask(region.mask) > 0).astype(np.float32)
+    m = np.zeros((lb.height, lb.width), dtype=bool)
+    x0, y0, x1, y1 = np.round(region.box).astype(int)
+    m[max(y0, 0) : max(y1, y0 + 1), max(x0, 0) : max(x1, x0 + 1)] = True
+    return (lb.mask(m) > 0).astype(np.float32)
+
+
+class Predictor:
+    """Shared pre/post-processing around one `InferenceBackend`; safe to share across threads."""
+
+    def __init__(self, backend: InferenceBackend, choice: BackendChoice | None = None) -> None:
+        self.backend = backend
+        self.choice = choice  # how the backend was chosen, when `load` chose it
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        settings: RuntimeSettings | None = None,
+        expected_fingerprint: str | None = None,
+    ) -> Predictor:
+        """The predictor on the backend `select_backend` picks for this machine and settings."""
+        choice = select_backend(path, settings, expected_fingerprint)
+        return cls(choice.backend, choice)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.backend.info
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    @property
+    def embed_dim(self) -> int:
+        return self.info.embed_dim
+
+    @property
+    def size(self) -> int:
+        return self.info.image_size
+
+    @property
+    def score_threshold(self) -> float:
+        return self.info.score_threshold
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[list[Letterbox], np.ndarray]:
+        """uint8 RGB images (H, W, 3) -> their letterboxes and the (B, 3, S, S) float32 batch."""
+        boxes = [Letterbox.fit(im.shape[1], im.shape[0], self.size) for im in images]
+        batch = np.stack(
+            [to_tensor_layout(lb.image(im)) for lb, im in zip(boxes, images, strict=True)]
+        )
+        return boxes, batch
+
+    def encode_prompts(self, image: np.ndarray, regions: list[PromptRegion]) -> np.ndarray:
+        """(R, d) unit embeddings of regions of one uint8 RGB image (H, W, 3)."""
+        if not regions:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        (lb,), x = self.preprocess([image])
+        boxes = lb.boxes_to_network(np.stack([r.box for r in regions]))
+        masks = np.stack([region_mask(lb, r) for r in regions])
+        return self.backend.encode_raw(x, boxes, masks)
+
+    def raw(self, batch: np.ndarray, prototypes: np.ndarray) -> dict[str, np.ndarray]:
+        """The model call alone: (B, 3, S, S) float32, (C, d) -> numpy outputs."""
+        return self.backend.detect_raw(batch, np.asarray(prototypes, dtype=np.float32))
+
+    def detect(
+        self,
+        images: list[np.ndarray],
+        prototypes: np.ndarray,
+        score_threshold: float | np.ndarray | None = None,
+        max_detections: int = 100,
+        with_masks: bool = True,
+    ) -> list[Detections]:
+        """Detections for each uint8 RGB image, class indices into the rows of `prototypes`."""
+        return self.detect_timed(images, prototypes, score_threshold, max_detections, with_masks)[0]
+
+    def detect_timed(
+        self,
+        images: list[np.ndarray],
+        prototypes: np.ndarray,
+        score_threshold: float | np.ndarray | None = None,
+        max_detections: int = 100,
+        with_masks: bool = True,
+    ) -> tuple[list[Detections], StageTimes]:
+        """`detect` plus the seconds spent in preprocess, predict (the model call), postprocess."""
+        thr = self.score_threshold if score_threshold is None else score_threshold
+        t0 = time.perf_counter()
+        boxes, batch = self.preprocess(images)
+        t1 = time.perf_counter()
+        out = self.raw(batch, prototypes)
+        t2 = time.perf_counter()
+        dets = self.postprocess(out, boxes, thr, max_detections, with_masks)
+        t3 = time.perf_counter()
+        return dets, StageTimes(t1 - t0, t2 - t1, t3 - t2)
+
+    def postprocess(
+        self,
+        out: dict[str, np.ndarray],
+        letterboxes: list[Letterbox],
+        score_threshold: float | np.ndarray,
+        max_detections: int = 100,
+        with_masks: bool = True,
+    ) -> list[Detections]:
+        """Raw batch outputs (`raw`) -> detections in each image's original pixels."""
+        return [
+            postprocess(
+                out["pred_logits"][i],
+                out["pred_boxes"][i],
+                out["pred_masks"][i],
+                lb,
+                score_threshold,
+                max_detections,
+                with_masks=with_masks,
+            )
+            for i, lb in enumerate(letterboxes)
+        ]
+
+
+class TorchPredictor(Predictor):
+    """The PyTorch reference predictor (evaluation, training checks)."""
+
+    def __init__(self, model_file: ModelFile, threads: int = 0) -> None:
+        super().__init__(TorchBackend(model_file, threads))
+        self.file = model_file
+        self.model = model_file.model
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, threads: int = 0) -> TorchPredictor:
+        return cls(load_model(path or DEFAULT_MODEL_PATH), threads)

@@ -1,0 +1,61 @@
+"""Training data sources from command-line specs, and class hold-out for open-set runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.data.loading import load_dataset
+from models.data.records import DefectDataset, Instance, Record
+
+
+@dataclass
+class WithoutClasses:
+    """A dataset view without every image that shows one of `excluded` (the unseen classes must
+    not appear in training at all, not even as unlabelled background)."""
+
+    inner: DefectDataset
+    excluded: frozenset[str]
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.inner.name}-without-{'-'.join(sorted(self.excluded))}"
+        self.records = [r for r in self.inner.records if not set(r.classes) & self.excluded]
+        self.class_names = [c for c in self.inner.class_names if c not in self.excluded]
+
+    def load(self, record: Record) -> tuple[np.ndarray, list[Instance]]:
+        return self.inner.load(record)
+
+
+def parse_source(spec: str) -> tuple[str, float]:
+    """ "PATH" or "PATH@WEIGHT" -> (path, weight)."""
+    path, _, weight = spec.partition("@")
+    return path, float(weight) if weight else 1.0
+
+
+def open_sources(
+    specs: list[str],
+    synthetic_images: int,
+    synthetic_weight: float,
+    seed: int,
+    image_size: int,
+    exclude: frozenset[str] = frozenset(),
+) -> tuple[list[tuple[DefectDataset, float]], list[dict]]:
+    """Open every source; returns (dataset, weight) pairs and a JSON-able description of them."""
+    from models.data.synthetic import SyntheticDataset
+
+    sources: list[tuple[DefectDataset, float]] = []
+    for spec in specs:
+        path, weight = parse_source(spec)
+        ds = load_dataset(path)
+        if exclude & set(ds.class_names):
+            ds = WithoutClasses(ds, exclude)
+        sources.append((ds, weight))
+    if synthetic_images > 0:
+        syn = SyntheticDataset(synthetic_images, seed=seed, size=(image_size, image_size))
+        sources.append((syn, synthetic_weight))
+    described = [
+        {"name": ds.name, "weight": w, "images": len(ds.records), "classes": ds.class_names}
+        for ds, w in sources
+    ]
+    return sources, described

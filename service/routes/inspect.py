@@ -1,0 +1,261 @@
+"""POST /v1/inspect: an image in, detections and a verdict out."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from prompt_store.errors import InvalidInput
+from prompt_store.records import validate_label
+from service.batching import Arrival
+from service.deps import InspectRole, StateDep
+from service.errors import Problem
+from service.images import DecodedImage, decode_image
+from service.inference import InspectJob, InspectOutcome
+from service.schemas import (
+    NAMESPACE_PATTERN,
+    ImageInfo,
+    InspectionResult,
+    MaskFormat,
+    ModelInfo,
+    PromptsInfo,
+    problem_responses,
+)
+from service.state import AppState
+
+router = APIRouter(tags=["inspection"])
+
+_THRESHOLDS_HELP = 'class_thresholds must be a JSON object like {"scratch": 0.4}'
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The image: a multipart upload in the field `image`, or the raw bytes as "
+        "the body (JPEG, PNG, BMP or TIFF; 8 or 16 bit; grey or colour).",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+async def read_image_upload(request: Request, max_bytes: int) -> bytes:
+    """The image bytes of a multipart (`image` field) or raw-body request."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=4, max_fields=32)
+        try:
+            upload = form.get("image")
+            if upload is None:
+                raise Problem(422, "missing-image", "the multipart form has no 'image' file field")
+            if not isinstance(upload, UploadFile):
+                raise Problem(422, "missing-image", "the 'image' form field must be a file upload")
+            data = await upload.read(max_bytes + 1)
+        finally:
+            await form.close()
+    else:  # any other content type is the raw image (curl --data-binary says urlencoded)
+        data = await request.body()
+    if len(data) > max_bytes:
+        raise Problem(413, "image-too-large", f"the image exceeds the limit of {max_bytes} bytes")
+    return data
+
+
+def _parse_class_thresholds(text: str | None) -> dict[str, float]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            422,
+            "invalid-thresholds",
+            f'class_thresholds must be a JSON object like {{"scratch": 0.4}} ({exc.msg})',
+        ) from exc
+    if not isinstance(value, dict):
+        raise Problem(
+            422,
+            "invalid-thresholds",
+            'class_thresholds must be a JSON object like {"scratch": 0.4}',
+        )
+    out = {}
+    for name, thr in value.items():
+        if isinstance(thr, bool) or not isinstance(thr, int | float) or not 0 < thr <= 1:
+            raise Problem(
+                422, "invalid-thresholds", f"threshold of class {name!r} must be a number in (0, 1]"
+            )
+        out[name] = float(thr)
+    return out
+
+
+def _plan(
+    state: AppState,
+    namespace: str,
+    classes: list[str] | None,
+    score_threshold: float | None,
+    class_thresholds: dict[str, float],
+) -> tuple[Any, tuple[str, ...], np.ndarray, np.ndarray, bool]:
+    """Snapshot, class subset, prototypes and per-class thresholds (or a clear 4xx)."""
+    cached = state.cache.get(namespace)
+    snap = cached.snapshot
+    if not snap.class_names:
+        raise Problem(
+            409,
+            "no-prompts",
+            f"namespace {namespace!r} has no defect classes yet; register exemplars with "
+            f"POST /v1/namespaces/{namespace}/prompts first",
+        )
+    index = {name: i for i, name in enumerate(snap.class_names)}
+    wanted = list(dict.fromkeys(classes)) if classes else list(snap.class_names)
+    for name in list(wanted) + list(class_thresholds):
+        try:
+            validate_label(name, "class name")
+        except InvalidInput as exc:
+            raise Problem(422, "invalid-class-name", str(exc)) from exc
+        if name not in index:
+            raise Problem(
+                404,
+                "unknown-class",
+                f"class {name!r} does not exist in namespace {namespace!r} "
+                f"(classes: {', '.join(snap.class_names)})",
+            )
+    extra = set(class_thresholds) - set(wanted)
+    if extra:
+        raise Problem(
+            422,
+            "invalid-thresholds",
+            f"class_thresholds names classes outside the requested subset: {sorted(extra)}",
+        )
+    rows = np.array([index[name] for name in wanted], dtype=np.int64)
+    default = score_threshold if score_threshold is not None else state.default_threshold
+    thresholds = np.array([class_thresholds.get(n, default) for n in wanted], dtype=np.float32)
+    prototypes = np.ascontiguousarray(snap.matrix[rows])
+    return snap, tuple(wanted), prototypes, thresholds, cached.degraded
+
+
+@dataclass
+class InspectOptions:
+    """The query parameters of an inspection."""
+
+    namespace: Annotated[
+        str,
+        Query(
+            pattern=NAMESPACE_PATTERN,
+            description="the product or line whose defect classes to look for",
+            examples=["line-7"],
+        ),
+    ]
+    classes: Annotated[
+        list[str] | None,
+        Query(description="only these classes (repeat the parameter); default: all"),
+    ] = None
+    score_threshold: Annotated[
+        float | None,
+        Query(gt=0, le=1, description="threshold for every class (default: the service's)"),
+    ] = None
+    class_thresholds: Annotated[
+        str | None,
+        Query(
+            description='per-class thresholds as a JSON object, e.g. {"scratch": 0.4}',
+            examples=['{"scratch": 0.4}'],
+        ),
+    ] = None
+    max_detections: Annotated[int | None, Query(ge=1, le=1000)] = None
+    mask_format: Annotated[MaskFormat, Query(description="rle, polygon or none")] = MaskFormat.rle
+    heatmap: Annotated[
+        bool, Query(description="also return the anomaly heatmap (sum of s_i m_i) as a PNG")
+    ] = False
+
+
+@router.post(
+    "/v1/inspect",
+    response_model=InspectionResult,
+    summary="Inspect an image for registered defects",
+    openapi_extra=_BODY_DOC,
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
+)
+async def inspect_image(
+    request: Request,
+    state: StateDep,
+    _role: InspectRole,
+    options: Annotated[InspectOptions, Depends()],
+) -> InspectionResult:
+    arrived = time.monotonic()
+    per_class = _parse_class_thresholds(options.class_thresholds)
+    data = await read_image_upload(request, state.settings.max_image_bytes)
+    with state.batcher.arrival() as arrival:
+        return await _inspect(state, arrival, data, arrived, options, per_class)
+
+
+async def _inspect(
+    state: AppState,
+    arrival: Arrival,
+    data: bytes,
+    arrived: float,
+    options: InspectOptions,
+    per_class: dict[str, float],
+) -> InspectionResult:
+    settings = state.settings
+    namespace = options.namespace
+    t0 = time.perf_counter()
+    image: DecodedImage = await run_in_threadpool(
+        decode_image, data, settings.max_image_bytes, settings.max_image_pixels
+    )
+    decode_s = time.perf_counter() - t0
+    state.metrics.stage_duration.labels(stage="decode").observe(decode_s)
+
+    snap, names, prototypes, thresholds, degraded = await run_in_threadpool(
+        _plan, state, namespace, options.classes, options.score_threshold, per_class
+    )
+    cap = settings.max_detections
+    job = InspectJob(
+        image=image.rgb,
+        prototypes=prototypes,
+        class_names=names,
+        thresholds=thresholds,
+        max_detections=min(options.max_detections or cap, cap),
+        mask_format=options.mask_format,
+        heatmap=options.heatmap,
+    )
+    queued = time.perf_counter()
+    deadline = arrived + settings.request_timeout_s
+    outcome: InspectOutcome = await state.batcher.submit(
+        (namespace, snap.version, names), job, deadline, arrival
+    )
+    waited = time.perf_counter() - queued - sum(outcome.timings_s.values())
+
+    for stage, seconds in outcome.timings_s.items():
+        state.metrics.stage_duration.labels(stage=stage).observe(seconds)
+    verdict = "reject" if outcome.detections else "pass"
+    state.metrics.verdicts.labels(namespace=namespace, verdict=verdict).inc()
+    for det in outcome.detections:
+        state.metrics.detections.labels(namespace=namespace, class_name=det["class_name"]).inc()
+    if degraded:
+        state.metrics.degraded_inspections.inc()
+    timings = {"decode": decode_s, "queue": max(0.0, waited), **outcome.timings_s}
+    timings["total"] = time.monotonic() - arrived
+    return InspectionResult(
+        namespace=namespace,
+        verdict=verdict,
+        top_score=outcome.top_score,
+        detections=outcome.detections,  # type: ignore[arg-type]
+        image=ImageInfo(
+            width=image.width, height=image.height, format=image.format, bit_depth=image.bit_depth
+        ),
+        timings_ms={k: round(v * 1000.0, 3) for k, v in timings.items()},
+        model=ModelInfo(fingerprint=state.fingerprint, backend=state.backend.backend),
+        prompts=PromptsInfo(version=snap.version, classes=list(names), degraded=degraded),
+        heatmap_png=outcome.heatmap_png,
+    )

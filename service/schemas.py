@@ -1,0 +1,246 @@
+"""API schemas: what clients send and receive (kept apart from network outputs and store records).
+
+Field limits here are the contract the OpenAPI document publishes; examples make the /docs page
+usable as a walkthrough.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+EXEMPLAR_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+Box = list[float]
+
+
+class MaskFormat(StrEnum):
+    """How masks come back: COCO compressed RLE, COCO polygons, or not at all."""
+
+    rle = "rle"
+    polygon = "polygon"
+    none = "none"
+
+
+class MaskRLE(BaseModel):
+    """COCO compressed RLE (pycocotools.mask.decode reads it after counts.encode())."""
+
+    size: list[int] = Field(min_length=2, max_length=2, examples=[[480, 640]])
+    counts: str = Field(examples=["e`e04k00O1O0000O100000O1O00N2N20010O00"])
+
+
+class Detection(BaseModel):
+    """One defect found in the image."""
+
+    class_name: str = Field(examples=["scratch"])
+    score: float = Field(ge=0, le=1, examples=[0.87])
+    box: Box = Field(
+        min_length=4,
+        max_length=4,
+        description="x0, y0, x1, y1 in original image pixels",
+        examples=[[112.0, 40.0, 168.0, 61.0]],
+    )
+    mask: MaskRLE | list[list[float]] | None = Field(
+        default=None,
+        description="COCO RLE (mask_format=rle), polygons as flat [x0, y0, x1, y1, ...] lists "
+        "(mask_format=polygon) or null (mask_format=none)",
+    )
+
+
+class ImageInfo(BaseModel):
+    width: int = Field(examples=[640])
+    height: int = Field(examples=[480])
+    format: str = Field(examples=["PNG"])
+    bit_depth: int = Field(examples=[8])
+
+
+class ModelInfo(BaseModel):
+    fingerprint: str = Field(examples=["3f5c0a..."])
+    backend: str = Field(examples=["torch"])
+
+
+class PromptsInfo(BaseModel):
+    """Which prototypes answered: the store version and whether they may be stale (outage)."""
+
+    version: int = Field(examples=[12])
+    classes: list[str] = Field(examples=[["scratch", "spot"]])
+    degraded: bool = Field(
+        default=False,
+        description="true when the prompt store was unreachable and the last prototypes held in "
+        "memory were used",
+    )
+
+
+class InspectionResult(BaseModel):
+    """The answer to one inspection."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "namespace": "line-7",
+                    "verdict": "reject",
+                    "top_score": 0.87,
+                    "detections": [
+                        {
+                            "class_name": "scratch",
+                            "score": 0.87,
+                            "box": [112.0, 40.0, 168.0, 61.0],
+                            "mask": {"size": [480, 640], "counts": "e`e04k00O1O0000O1"},
+                        }
+                    ],
+                    "image": {"width": 640, "height": 480, "format": "PNG", "bit_depth": 8},
+                    "timings_ms": {"decode": 2.1, "queue": 0.4, "inference": 61.0},
+                    "model": {"fingerprint": "3f5c0a...", "backend": "torch"},
+                    "prompts": {"version": 12, "classes": ["scratch", "spot"], "degraded": False},
+                    "heatmap_png": None,
+                }
+            ]
+        }
+    )
+
+    namespace: str
+    verdict: Literal["pass", "reject"] = Field(
+        description="reject if any detection passes its class threshold, else pass"
+    )
+    top_score: float = Field(
+        ge=0, le=1, description="highest detection score (0 when nothing passed a threshold)"
+    )
+    detections: list[Detection]
+    image: ImageInfo
+    timings_ms: dict[str, float] = Field(
+        description="milliseconds per stage: decode, queue, preprocess, inference, postprocess, "
+        "total (a backend that cannot split its call reports it all as inference)"
+    )
+    model: ModelInfo
+    prompts: PromptsInfo
+    heatmap_png: str | None = Field(
+        default=None,
+        description="base64 PNG (8-bit grey, 255 = 1.0) of the anomaly heatmap sum_i s_i m_i "
+        "over the returned detections, when heatmap=true",
+    )
+
+
+class ExemplarCreated(BaseModel):
+    id: str = Field(examples=["9d2b6c1e0f3a4b5c6d7e8f9012345678"])
+    box: Box = Field(examples=[[10.0, 20.0, 60.0, 32.0]])
+    created: bool = Field(description="false when this exact exemplar was already registered")
+
+
+class PromptCreated(BaseModel):
+    """Registration result: the exemplar ids and the namespace version that includes them."""
+
+    namespace: str = Field(examples=["line-7"])
+    class_name: str = Field(examples=["scratch"])
+    version: int = Field(examples=[13])
+    exemplars: list[ExemplarCreated]
+
+
+class ExemplarPublic(BaseModel):
+    id: str
+    box: Box
+    has_mask: bool
+    author: str
+    created_at: str
+    note: str | None = None
+    thumbnail_url: str = Field(description="PNG crop of the region (admin key needed)")
+
+
+class ClassPublic(BaseModel):
+    name: str = Field(examples=["scratch"])
+    exemplar_count: int = Field(examples=[3])
+    exemplars: list[ExemplarPublic]
+
+
+class NamespacePrompts(BaseModel):
+    """The classes of a namespace with their exemplars and thumbnails."""
+
+    namespace: str
+    version: int
+    fingerprint: str
+    classes: list[ClassPublic]
+
+
+class NamespaceList(BaseModel):
+    namespaces: list[str] = Field(examples=[["line-7", "line-8"]])
+
+
+class NamespaceSummary(BaseModel):
+    namespace: str
+    version: int
+    fingerprint: str
+    embed_dim: int
+    class_count: int
+    exemplar_count: int
+
+
+class Changed(BaseModel):
+    """A change was made; `version` is the namespace version after it."""
+
+    namespace: str
+    version: int
+
+
+class ClassRename(BaseModel):
+    name: str = Field(min_length=1, max_length=128, examples=["deep-scratch"])
+
+
+class Renamed(BaseModel):
+    namespace: str
+    class_name: str
+    exemplar_ids: dict[str, str] = Field(description="old exemplar id -> new id")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every 4xx/5xx answer."""
+
+    type: str = Field(examples=["https://defect-inspector.dev/problems/not-an-image"])
+    title: str = Field(examples=["Unsupported Media Type"])
+    status: int = Field(examples=[415])
+    detail: str = Field(examples=["the upload is not a JPEG, PNG, BMP or TIFF image"])
+    instance: str = Field(examples=["/v1/inspect"])
+
+
+class Alive(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class Ready(BaseModel):
+    """ready: serving; degraded: serving inspections from cached prototypes (store down);
+    not_ready / draining: do not send traffic."""
+
+    status: Literal["ready", "degraded", "not_ready", "draining"]
+    model: dict[str, str | int | float | bool | None]
+    store: dict[str, str | int | float | bool | None]
+    queue: dict[str, int]
+    auth: Literal["open", "api-keys"]
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI `responses` entries for problem-details answers (the Problem schema is added to
+    the document's components by service.main)."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    return {
+        code: {
+            "description": _PROBLEM_DESCRIPTIONS.get(code, "problem details"),
+            "content": {"application/problem+json": {"schema": ref}},
+        }
+        for code in codes
+    }
+
+
+_PROBLEM_DESCRIPTIONS = {
+    400: "truncated or corrupt image, malformed request",
+    401: "no or wrong API key",
+    403: "the key's role may not do this",
+    404: "unknown namespace, class or exemplar",
+    409: "conflict: namespace without prompts, model mismatch, name taken",
+    413: "image or body too large (bytes or pixels)",
+    415: "not an image, or an unsupported image format",
+    422: "invalid parameters, region outside the image, bad names",
+    429: "queue full; retry after the Retry-After header",
+    503: "prompt store unreachable, deadline exceeded or shutting down (Retry-After)",
+}

@@ -1,0 +1,189 @@
+"""What the service holds while it runs, built in the lifespan and torn down in reverse.
+
+Start-up order: model (and warm-up, so /readyz means the first request is not slow), store
+(external or embedded), prototype cache, event subscription, store health monitor, batcher.
+Shutdown: stop intake, drain the queue, stop the subscription and monitor, close the store (and
+stop the embedded redis-server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from starlette.concurrency import run_in_threadpool
+
+from prompt_store.errors import StoreUnavailable
+from prompt_store.records import PrototypeSnapshot
+from prompt_store.redis_store import EventSubscription
+from service.batching import BatchStats, MicroBatcher, model_thread
+from service.inference import BackendInfo, InspectJob, Inspector, InspectOutcome, build_predictor
+from service.metrics import Metrics
+from service.prototypes import PrototypeCache, StoreHealth
+from service.security import KeyRing
+from service.settings import ServiceSettings
+from service.store import StoreHandle, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    """The live parts of the service (one per process)."""
+
+    settings: ServiceSettings
+    metrics: Metrics
+    keys: KeyRing
+    inspector: Inspector
+    backend: BackendInfo
+    store: StoreHandle
+    health: StoreHealth
+    cache: PrototypeCache
+    batcher: MicroBatcher[InspectJob, InspectOutcome]
+    subscription: EventSubscription | None = None
+    monitor: asyncio.Task[None] | None = None
+    ready: bool = False
+    draining: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    warmup_s: float = 0.0
+    batch_rates: dict[int, float] = field(default_factory=dict)  # images/s by batch size
+
+    @property
+    def fingerprint(self) -> str:
+        return self.inspector.predictor.fingerprint
+
+    @property
+    def default_threshold(self) -> float:
+        configured = self.settings.score_threshold
+        return configured if configured is not None else self.inspector.predictor.score_threshold
+
+
+def _record_snapshot(metrics: Metrics, snap: PrototypeSnapshot) -> None:
+    metrics.store_version.labels(namespace=snap.namespace).set(snap.version)
+    metrics.store_classes.labels(namespace=snap.namespace).set(len(snap.class_names))
+
+
+async def start(settings: ServiceSettings, metrics: Metrics) -> AppState:
+    """Build everything; raises (and the server does not start) if model or store fail."""
+    keys = KeyRing(settings.inspect_api_keys, settings.admin_api_keys)
+    if keys.open_mode:
+        log.warning(
+            "OPEN MODE: no API key is configured (INSPECT_INSPECT_API_KEYS, "
+            "INSPECT_ADMIN_API_KEYS); every caller may inspect AND change prompts. Use this only "
+            "on a single trusted machine."
+        )
+    else:
+        log.info(
+            "API keys: %d inspect, %d admin",
+            len(settings.inspect_api_keys),
+            len(settings.admin_api_keys),
+        )
+    executor = model_thread()  # loads the model and runs every model call (see batching.py)
+    loop = asyncio.get_running_loop()
+    predictor, backend = await loop.run_in_executor(executor, build_predictor, settings)
+    inspector = Inspector(predictor)
+    log.info(
+        "model loaded",
+        extra={
+            "fields": {
+                "fingerprint": predictor.fingerprint,
+                "backend": backend.backend,
+                "model_path": str(settings.model_path or "embedded default"),
+            }
+        },
+    )
+    metrics.backend.info({"backend": backend.backend, "device": backend.device})
+    metrics.model.info(
+        {
+            "fingerprint": predictor.fingerprint,
+            "image_size": str(backend.image_size),
+            "embed_dim": str(predictor.embed_dim),
+            "score_threshold": str(settings.score_threshold or predictor.score_threshold),
+        }
+    )
+    # On the main thread, blocking: nothing is served yet, and an embedded redis-server started
+    # from the main thread is tied to this process (it gets SIGTERM if the service dies).
+    handle = open_store(settings)
+    metrics.store_up.set(1)
+
+    def on_health(up: bool) -> None:
+        metrics.store_up.set(1 if up else 0)
+        if up:
+            cache.invalidate_all()  # refetch what may have changed during the outage
+
+    health = StoreHealth(on_health)
+    cache = PrototypeCache(
+        handle.store, predictor.fingerprint, health, lambda s: _record_snapshot(metrics, s)
+    )
+
+    def on_batch(stats: BatchStats) -> None:
+        metrics.batch_size.observe(stats.size)
+        for wait in stats.queue_waits:
+            metrics.stage_duration.labels(stage="queue").observe(wait)
+
+    batcher: MicroBatcher[InspectJob, InspectOutcome] = MicroBatcher(
+        inspector.run_batch,
+        max_batch=settings.max_batch_size,
+        max_wait_s=settings.max_batch_wait_ms / 1000.0,
+        queue_size=settings.queue_size,
+        on_batch=on_batch,
+        on_depth=metrics.queue_depth.set,
+        executor=executor,
+    )
+    metrics.queue_capacity.set(settings.queue_size)
+    await batcher.start()
+    state = AppState(settings, metrics, keys, inspector, backend, handle, health, cache, batcher)
+    try:
+        state.subscription = handle.store.subscribe(cache.on_event, None, wait_s=0)
+    except StoreUnavailable as exc:  # cannot happen with wait_s=0, kept for clarity
+        log.warning("event subscription not active yet: %s", exc)
+    state.monitor = asyncio.create_task(_monitor(state), name="store-health")
+    if settings.warmup:
+        state.warmup_s = await batcher.run_exclusive(inspector.warmup)
+        log.info("warm-up done in %.2f s", state.warmup_s)
+    if settings.batch_autotune and settings.max_batch_size > 1:
+        best, rates = await batcher.run_exclusive(
+            inspector.best_batch_size, settings.max_batch_size
+        )
+        batcher.max_batch = best
+        state.batch_rates = rates
+        log.info(
+            "batch size %d chosen (images/s by batch size: %s)",
+            best,
+            ", ".join(f"{k}: {v:.1f}" for k, v in rates.items()),
+        )
+    metrics.max_batch.set(batcher.max_batch)
+    state.ready = True
+    return state
+
+
+async def _monitor(state: AppState) -> None:
+    """PING the store every store_check_interval_s; flips StoreHealth both ways."""
+    interval = state.settings.store_check_interval_s
+    while True:
+        try:
+            await run_in_threadpool(state.store.store.ping)
+            state.health.set(True)
+        except StoreUnavailable as exc:
+            state.health.set(False, str(exc).split(";")[0])
+        except Exception:  # never let the monitor die
+            log.exception("store health check failed unexpectedly")
+        await asyncio.sleep(interval)
+
+
+async def stop(state: AppState) -> None:
+    """Drain and release, in reverse order of start."""
+    state.draining = True
+    state.ready = False
+    await state.batcher.close(timeout=state.settings.shutdown_timeout_s)
+    if state.monitor is not None:
+        state.monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state.monitor
+    if state.subscription is not None:
+        await run_in_threadpool(state.subscription.stop)
+    await run_in_threadpool(state.store.close)
+    log.info("service stopped")
