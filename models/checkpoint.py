@@ -79,11 +79,22 @@ def load_model(path: str | Path, verify: bool = True) -> ModelFile:
         raise ValueError(f"model file {path} is unreadable or corrupt: {exc}") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
-    config = ModelConfig.from_dict(blob["config"])
-    if verify and fingerprint(config, blob["state_dict"]) != blob["fingerprint"]:
+    try:
+        config = ModelConfig.from_dict(blob["config"])
+        matches = not verify or fingerprint(config, blob["state_dict"]) == blob["fingerprint"]
+    except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong kind
+        raise ValueError(f"model file {path} is incomplete or malformed: {exc!r}") from exc
+    if not matches:
         raise ValueError(f"model file {path} fails its fingerprint check (corrupt or edited)")
     model = build_model(config, pretrained=False)
-    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    except RuntimeError as exc:  # tensor shapes of another configuration
+        first = str(exc).splitlines()[:3]
+        raise ValueError(
+            f"model file {path} does not match its config (weights of another model): "
+            + " ".join(line.strip() for line in first)
+        ) from exc
     missing = [k for k in missing if not k.startswith(_UNUSED_PREFIXES)]
     if missing or unexpected:
         raise ValueError(

@@ -16,6 +16,7 @@ Every failure is an `ImageDecodeError` whose `reason` says which (the service ma
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,16 @@ def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, 
             "too-many-pixels", f"the image is too large to decode safely ({exc})"
         ) from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not-an-image", f"the data is not a {FORMAT_NAMES} image") from exc
+        fmt, size = _signature(data), _tiff_size(data)
+        if fmt is None:
+            raise ImageDecodeError(
+                "not-an-image", f"the data is not a {FORMAT_NAMES} image"
+            ) from exc
+        if size is None:  # a known signature PIL could not read: broken, not foreign
+            raise ImageDecodeError(
+                "corrupt", f"the {fmt} image header is corrupt or truncated"
+            ) from exc
+        width, height = size  # a TIFF PIL cannot open (e.g. float RGB); OpenCV decodes it
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's way of saying "broken header"
         raise ImageDecodeError("corrupt", f"the image header is corrupt: {exc}") from exc
     if fmt not in SUPPORTED_FORMATS:
@@ -93,6 +103,43 @@ def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, 
             f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
         )
     return fmt, width, height
+
+
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"BM": "BMP",
+}
+
+
+def _signature(data: bytes) -> str | None:
+    """The format a file's leading bytes claim, if one of ours."""
+    return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a classic TIFF's first IFD, or None when it is not readable."""
+    if _signature(data) != "TIFF" or len(data) < 8:
+        return None
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(order + "I", data, 4)
+    if offset + 2 > len(data):
+        return None
+    (count,) = struct.unpack_from(order + "H", data, offset)
+    tags: dict[int, int] = {}
+    for i in range(count):
+        at = offset + 2 + 12 * i
+        if at + 12 > len(data):
+            return None
+        tag, kind = struct.unpack_from(order + "HH", data, at)
+        if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength: SHORT or LONG
+            fmt = order + ("H" if kind == 3 else "I")
+            tags[tag] = struct.unpack_from(fmt, data, at + 8)[0]
+    if 256 not in tags or 257 not in tags:
+        return None
+    return tags[256], tags[257]
 
 
 def to_rgb8(raw: np.ndarray) -> tuple[np.ndarray, int, int]:

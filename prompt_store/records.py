@@ -199,6 +199,7 @@ class StoreEvent:
 
     kind is one of: namespace_created, exemplar_added, exemplars_added, exemplar_removed,
     class_removed, class_renamed, namespace_deleted, namespace_imported, namespace_reextracted,
+    references_added, reference_removed, anomaly_settings_changed (prompt_store/reference_store.py)
     and `resync` (synthesised by the subscriber after a reconnect: events may have been missed).
     """
 
@@ -209,6 +210,7 @@ class StoreEvent:
     exemplar_id: str | None = None
     old_class_name: str | None = None
     count: int | None = None
+    reference_id: str | None = None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StoreEvent:

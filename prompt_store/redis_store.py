@@ -17,6 +17,9 @@ are a hash tag so that a Redis Cluster keeps a namespace on one slot and scripts
     inspect:ns:{ns}:img:<sha256>    STRING encoded source image, stored once per hash
     inspect:ns:{ns}:imgref          HASH   image hash -> number of exemplars referencing it
     channel inspect:ns:{ns}:events  JSON   {namespace, version, kind, class_name, exemplar_id, ...}
+    inspect:ns:{ns}:refs, ref:<id>, reffeat:<id>, anomaly
+                                           reference images of the anomaly mode (their features,
+                                           settings): prompt_store/reference_store.py
 
 Atomicity: every change is one Lua script (validation first, then writes, then the prototype
 recompute, INCR of the version and PUBLISH), so readers never see half a change and every change
@@ -49,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import redis
@@ -84,7 +87,11 @@ from prompt_store.records import (
     validate_namespace,
     validate_note,
 )
+from prompt_store.references import LUA_WIPE_REFS
 from prompt_store.settings import StoreSettings, redact_url
+
+if TYPE_CHECKING:
+    from prompt_store.reference_store import RedisReferenceStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -332,9 +339,11 @@ return {'ok', v}
 # ARGV: ns. Returns {'ok', version, removed exemplars} | {'no_namespace'}.
 _LUA_DELETE_NAMESPACE = (
     _LUA_COMMON
+    + LUA_WIPE_REFS
     + r"""
 if redis.call('EXISTS', meta_key) == 0 then return {'no_namespace'} end
 local n = wipe()
+wipe_refs()
 local v = bump({namespace = ARGV[1], kind = 'namespace_deleted', count = n})
 return {'ok', v, n}
 """
@@ -443,6 +452,7 @@ class RedisPromptStore:
         self._client = client
         self._settings = settings or StoreSettings()
         self._scripts = _Scripts(client)
+        self._references: RedisReferenceStore | None = None
         kwargs = client.connection_pool.connection_kwargs
         self._where = redact_url(
             self._settings.url if settings else f"redis://{kwargs.get('host')}:{kwargs.get('port')}"
@@ -462,6 +472,15 @@ class RedisPromptStore:
     def client(self) -> redis.Redis:
         """The underlying redis-py client (shared pool)."""
         return self._client
+
+    @property
+    def references(self) -> RedisReferenceStore:
+        """The reference images of the anomaly mode (prompt_store/reference_store.py)."""
+        if self._references is None:
+            from prompt_store.reference_store import RedisReferenceStore
+
+            self._references = RedisReferenceStore(self)
+        return self._references
 
     def close(self) -> None:
         """Release pooled connections."""

@@ -18,8 +18,9 @@ Waiting for company only pays when company is coming: requests announce themselv
 announced requests are still on their way to the queue. A lone request goes straight to the model.
 
 Nothing waits forever: the queue is bounded (429 when full, with a Retry-After estimated from the
-recent batch time) and every job has a deadline (503 past it; a job whose caller gave up is
-skipped when its turn comes). `close()` stops intake and lets the queue drain (graceful shutdown).
+recent batch time, and 429 at once when the work already queued outlasts the request's deadline)
+and every job has a deadline (503 past it; a job whose caller gave up is skipped when its turn
+comes). `close()` stops intake and lets the queue drain (graceful shutdown).
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ class MicroBatcher(Generic[J, R]):
         self._busy = False
         self._announced = 0  # requests decoding that will submit soon (see Arrival)
         self._batch_ewma_s = 0.1  # recent seconds per model call, for Retry-After
+        # recent seconds from one batch's end to the next one's while work was waiting: the model
+        # call plus everything around it (on a busy machine the event loop and decoding share the
+        # cores), for refusing work that cannot start before its deadline
+        self._cycle_ewma_s = 0.0
+        self._last_done: float | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -180,6 +186,17 @@ class MicroBatcher(Generic[J, R]):
             arrival.close()
         if self._closing or self._queue is None:
             raise Problem(503, "shutting-down", "the service is shutting down", retry_after=5)
+        # Refuse at once what cannot start before its deadline: a 429 now beats a 503 later.
+        per_batch = max(self._batch_ewma_s, self._cycle_ewma_s)
+        queued_s = -(-self.depth // max(1, self.max_batch)) * per_batch
+        if queued_s > deadline - time.monotonic():
+            raise Problem(
+                429,
+                "overloaded",
+                f"the inspection queue holds about {queued_s:.1f} s of work, more than the "
+                "request deadline (INSPECT_REQUEST_TIMEOUT_S) allows; retry later",
+                retry_after=self.retry_after_s(),
+            )
         loop = asyncio.get_running_loop()
         pending = _Pending(key, job, deadline, loop.create_future())
         try:
@@ -237,7 +254,9 @@ class MicroBatcher(Generic[J, R]):
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
+            backlog = not self._queue.empty()  # then the time since the last batch was all work
             batch = await self._collect()
+            ran = False
             try:
                 now = time.monotonic()
                 live = []
@@ -254,8 +273,15 @@ class MicroBatcher(Generic[J, R]):
                 self._busy = True
                 for group in groups.values():
                     await self._run_group(loop, group)
+                ran = bool(groups)
             finally:
                 self._busy = False
+                if ran:
+                    done = time.monotonic()
+                    if backlog and self._last_done is not None:
+                        cycle = done - self._last_done
+                        self._cycle_ewma_s = 0.8 * self._cycle_ewma_s + 0.2 * cycle
+                    self._last_done = done
                 for _ in batch:
                     self._queue.task_done()
 

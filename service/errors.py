@@ -13,8 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from prompt_store.errors import (
     Conflict,
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://defect-inspector.dev/problems/"
+CLIENT_CLOSED_REQUEST = 499  # not sent anywhere: the client is gone (nginx's convention)
 
 _TITLES = {
     400: "Bad Request",
@@ -150,6 +152,16 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         problem = Problem(exc.status_code, kind, str(exc.detail), headers=exc.headers)
         return problem_response(request, problem)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The caller hung up mid-upload: nobody to answer and nothing wrong with the service
+        # (no traceback); 499 (nginx's "client closed request") only shows in metrics and logs.
+        log.info("client disconnected before its request was read: %s", request.url.path)
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.errors.labels(type="client-disconnected").inc()
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

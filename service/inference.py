@@ -8,6 +8,11 @@ A batch is a group of jobs that share one prototype matrix. The model runs once 
 threshold and the largest detection budget any job asked for, then each job keeps its own: a
 detection passes a job's threshold for its class, and non-maximum suppression only ever lets a
 higher-scoring box remove a lower one, so filtering afterwards equals running each job alone.
+
+Jobs of a namespace with reference images also carry its anomaly memory (service/anomaly.py):
+after the detector, one feature pass scores those images, and anomalous regions that no kept
+detection's box explains are added as `unknown` detections. A namespace with references but no
+prompted class skips the detector.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.rle import encode_rles
+from models.rle import encode_rle, encode_rles
+from service.anomaly import UNKNOWN_CLASS, AnomalyOutcome, AnomalyScorer, NamespaceMemory
 from service.images import encode_polygons, heatmap, heatmap_png_base64
 from service.schemas import MaskFormat
 from service.settings import ServiceSettings
@@ -87,6 +93,8 @@ class InspectJob:
     max_detections: int
     mask_format: MaskFormat
     heatmap: bool
+    anomaly: NamespaceMemory | None = None  # the namespace's memory, when it has references
+    anomaly_map: bool = False  # return the anomaly map
 
     @property
     def needs_masks(self) -> bool:
@@ -101,16 +109,53 @@ class InspectOutcome:
     top_score: float
     heatmap_png: str | None
     timings_s: dict[str, float]
+    anomaly: AnomalyOutcome | None = None
+    rejects: bool = False  # some detection counts toward `reject`
 
 
 class Inspector:
     """Runs batches of InspectJob through the predictor; encodes prompt regions."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, scorer: AnomalyScorer | None = None) -> None:
         self.predictor = predictor
+        self.scorer = scorer
 
     def run_batch(self, jobs: Sequence[InspectJob]) -> list[InspectOutcome]:
         """One model call for jobs sharing a prototype matrix; per-job filtering after."""
+        first = jobs[0]
+        if first.prototypes.shape[0] == 0:  # references only: no prompted class to detect
+            raw: list[Any] = [_no_detections() for _ in jobs]
+            shared: dict[str, float] = {}
+        else:
+            raw, shared = self._detect(jobs)
+        grids: list[Any] = [None] * len(jobs)
+        scored = [i for i, j in enumerate(jobs) if j.anomaly is not None and j.anomaly.active]
+        anomaly_s = 0.0
+        if scored and self.scorer is not None:
+            t0 = time.perf_counter()
+            found = self.scorer.features([jobs[i].image for i in scored])
+            for i, grid in zip(scored, found, strict=True):
+                grids[i] = grid
+            anomaly_s = time.perf_counter() - t0
+        out = []
+        for job, det, grid in zip(jobs, raw, grids, strict=True):
+            t0 = time.perf_counter()
+            keep = self._kept(job, det)
+            outcome = None
+            if grid is not None and self.scorer is not None and job.anomaly is not None:
+                outcome = self.scorer.outcome(
+                    job.anomaly, grid, np.asarray(det.boxes)[keep], job.anomaly_map
+                )
+            t1 = time.perf_counter()
+            detections, top, heat, rejects = self._finish(job, det, keep, outcome)
+            timings = dict(shared)
+            timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t1
+            if grid is not None:
+                timings["anomaly"] = anomaly_s / len(scored) + (t1 - t0)
+            out.append(InspectOutcome(detections, top, heat, timings, outcome, rejects))
+        return out
+
+    def _detect(self, jobs: Sequence[InspectJob]) -> tuple[list[Any], dict[str, float]]:
         first = jobs[0]
         floor = np.min(np.stack([j.thresholds for j in jobs]), axis=0)  # (C,)
         args = (
@@ -132,20 +177,24 @@ class Inspector:
         else:
             raw = self.predictor.detect(*args)
             shared = {"inference": time.perf_counter() - start}
-        out = []
-        for job, det in zip(jobs, raw, strict=True):
-            t0 = time.perf_counter()
-            detections, top, heat = self._finish(job, det)
-            timings = dict(shared)
-            timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t0
-            out.append(InspectOutcome(detections, top, heat, timings))
-        return out
+        return list(raw), shared
 
     @staticmethod
-    def _finish(job: InspectJob, det: Any) -> tuple[list[dict[str, Any]], float, str | None]:
+    def _kept(job: InspectJob, det: Any) -> np.ndarray:
+        """Indices of the detections that pass the job's per-class thresholds."""
         cls = np.asarray(det.class_index, dtype=np.int64)
         scores = np.asarray(det.scores, dtype=np.float32)
-        keep = np.nonzero(scores >= job.thresholds[cls])[0][: job.max_detections]
+        if len(scores) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.nonzero(scores >= job.thresholds[cls])[0][: job.max_detections]
+
+    @staticmethod
+    def _finish(
+        job: InspectJob, det: Any, keep: np.ndarray, anomaly: AnomalyOutcome | None
+    ) -> tuple[list[dict[str, Any]], float, str | None, bool]:
+        """Response detections (prompted, then unknown), top score, heatmap, rejects."""
+        cls = np.asarray(det.class_index, dtype=np.int64)
+        scores = np.asarray(det.scores, dtype=np.float32)
         masks = det.masks[keep] if det.masks is not None else None
         h, w = job.image.shape[:2]
         encoded: list[Any] = [None] * len(keep)
@@ -162,13 +211,35 @@ class Inspector:
             }
             for i, mask in zip(keep, encoded, strict=True)
         ]
-        top = float(scores[keep].max()) if len(keep) else 0.0
+        rejects = bool(detections)
+        unknown = anomaly.unknown[: max(0, job.max_detections - len(detections))] if anomaly else []
+        for region in unknown:
+            mask_out: Any = None
+            if job.mask_format is MaskFormat.rle:
+                mask_out = encode_rle(region.mask)
+            elif job.mask_format is MaskFormat.polygon:
+                mask_out = encode_polygons(region.mask)
+            detections.append(
+                {
+                    "class_name": UNKNOWN_CLASS,
+                    "score": region.score,
+                    "box": [float(v) for v in region.box],
+                    "mask": mask_out,
+                }
+            )
+        if unknown and anomaly is not None and anomaly.unknown_rejects:
+            rejects = True
+        top = max((d["score"] for d in detections), default=0.0)
         heat = None
-        if job.heatmap:
+        if job.heatmap:  # IAP-AS: Score = sum_i s_i m_i over prompted and unknown detections
             if masks is None:
                 masks = np.zeros((0, h, w), dtype=bool)
-            heat = heatmap_png_base64(heatmap(scores[keep], masks, h, w))
-        return detections, top, heat
+            all_scores = np.concatenate([scores[keep], [r.score for r in unknown]]).astype(
+                np.float32
+            )
+            all_masks = np.concatenate([masks.astype(bool)] + [r.mask[None] for r in unknown])
+            heat = heatmap_png_base64(heatmap(all_scores, all_masks, h, w))
+        return detections, top, heat, rejects
 
     def encode(
         self, image: np.ndarray, regions: Sequence[tuple[np.ndarray, np.ndarray | None]]
@@ -215,6 +286,12 @@ class Inspector:
                 best = n
         return best, rates
 
+    def reference_patches(self, images: list[np.ndarray], per_reference: int) -> list[np.ndarray]:
+        """What the store keeps of reference images: each one's k-center patch prefix (rows, D)."""
+        if self.scorer is None:
+            raise RuntimeError("the anomaly mode is off (INSPECT_ANOMALY_ENABLED=false)")
+        return self.scorer.extractor.reference_patches(images, per_reference)
+
     def _input_size(self) -> int:
         size = getattr(self.predictor, "size", None)
         return int(size) if isinstance(size, int) and size > 0 else 320
@@ -228,4 +305,15 @@ class Inspector:
         proto /= np.linalg.norm(proto)
         self.predictor.detect([image], proto, score_threshold=0.99, max_detections=1)
         self.encode(image, [(np.array([8, 8, 40, 40], dtype=np.float32), None)])
+        if self.scorer is not None:
+            self.scorer.features([image])
         return time.perf_counter() - start
+
+
+def _no_detections() -> Any:
+    """Empty detections of an image (a namespace with references but no prompted class)."""
+    from models.postprocess import Detections
+
+    return Detections(
+        np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 4), np.float32), None
+    )

@@ -13,7 +13,7 @@ from service.errors import install_error_handlers
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestAccounting
-from service.routes import health, inspect, prompts
+from service.routes import health, inspect, prompts, references
 from service.schemas import Problem
 from service.settings import ServiceSettings, get_settings
 
@@ -23,6 +23,9 @@ Open-set industrial defect inspection (UniSpector visual prompts).
 * **Cameras** (`inspect` key) post images to `POST /v1/inspect` and act on `verdict`.
 * **QA engineers** (`admin` key) teach defect types with a few annotated images:
   `POST /v1/namespaces/{namespace}/prompts`, review them, remove them, export and import.
+  For defects nobody has named yet, they register defect-free reference images
+  (`POST /v1/namespaces/{namespace}/references`): every inspection then also gets an anomaly
+  score and map, and unexplained anomalous regions come back as class `unknown`.
 * **Operators** watch `/metrics` (Prometheus), `/readyz` and `/healthz`.
 
 Every error is `application/problem+json` (RFC 9457).
@@ -66,11 +69,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(inspect.router)
     app.include_router(prompts.router)
+    app.include_router(references.router)
     app.include_router(health.router)
 
     def body_limit(path: str) -> int:
         if path.endswith("/import"):
             return settings.max_import_bytes
+        if path.endswith("/references"):  # several images in one registration
+            per_request = settings.anomaly_max_references_per_request
+            return per_request * settings.max_image_bytes + 1024 * 1024
         return 2 * settings.max_image_bytes + 1024 * 1024  # image + mask + form fields
 
     app.add_middleware(BodyLimit, limit_for=body_limit)

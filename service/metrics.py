@@ -36,7 +36,7 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
-STAGES = ("decode", "queue", "preprocess", "inference", "postprocess", "encode")
+STAGES = ("decode", "queue", "preprocess", "inference", "postprocess", "anomaly", "encode")
 
 
 class Metrics:
@@ -61,7 +61,7 @@ class Metrics:
         self.stage_duration = Histogram(
             "inspect_stage_duration_seconds",
             "Time per processing stage of an inspection or registration "
-            "(decode, queue, preprocess, inference, postprocess, encode).",
+            "(decode, queue, preprocess, inference, postprocess, anomaly, encode).",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -127,6 +127,16 @@ class Metrics:
             "inspect_errors",
             "Refused or failed requests, by problem type.",
             ["type"],
+            registry=r,
+        )
+        self.anomaly_memory_bytes = Gauge(
+            "inspect_anomaly_memory_bytes",
+            "Bytes held by the anomaly mode's per-namespace memories of normal appearance.",
+            registry=r,
+        )
+        self.anomaly_namespaces = Gauge(
+            "inspect_anomaly_namespaces",
+            "Namespaces whose anomaly memory is held (at most INSPECT_ANOMALY_MAX_NAMESPACES).",
             registry=r,
         )
         self.backend = Info(

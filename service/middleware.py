@@ -97,8 +97,13 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise Problem(413, "body-too-large", f"the request body exceeds {limit} bytes")
+                if received > limit:  # and hang up after answering: no reading the rest
+                    raise Problem(
+                        413,
+                        "body-too-large",
+                        f"the request body exceeds {limit} bytes",
+                        headers={"Connection": "close"},
+                    )
             return message
 
         await self.app(scope, limited_receive, send)

@@ -74,6 +74,50 @@ class PromptsInfo(BaseModel):
     )
 
 
+class AnomalyInfo(BaseModel):
+    """The reference-based anomaly signal of this inspection (README "Anomaly mode")."""
+
+    status: Literal[
+        "ok", "uncalibrated", "no_references", "model_mismatch", "disabled", "unavailable"
+    ] = Field(
+        description="ok: scored against the namespace's references with a threshold; "
+        "uncalibrated: scored, but fewer than 2 references and no threshold set; no_references; "
+        "model_mismatch: the references come from another feature extractor (re-register them); "
+        "disabled: the anomaly mode is off; unavailable: the store is down and this replica never "
+        "loaded the namespace's references"
+    )
+    score: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="image anomaly score normalised as 1 - 2^(-raw / threshold): 0.5 at the "
+        "threshold",
+        examples=[0.81],
+    )
+    raw_score: float | None = Field(
+        default=None, description="largest patch distance to the memory", examples=[71.2]
+    )
+    threshold: float | None = Field(
+        default=None,
+        description="threshold on raw_score in use (calibrated, or the namespace's override)",
+        examples=[43.5],
+    )
+    anomalous: bool = Field(default=False, description="raw_score is above the threshold")
+    unknown_count: int = Field(default=0, description="`unknown` detections returned")
+    unknown_rejects: bool = Field(
+        default=False, description="whether `unknown` detections count toward reject"
+    )
+    references: int = Field(default=0, description="reference images behind the memory")
+    map_available: bool = Field(
+        default=False, description="a pixel anomaly map was computed (ask with anomaly_map=true)"
+    )
+    map_png: str | None = Field(
+        default=None,
+        description="base64 PNG (8-bit grey, 255 = 1.0) of the normalised pixel anomaly map, when "
+        "anomaly_map=true",
+    )
+
+
 class InspectionResult(BaseModel):
     """The answer to one inspection."""
 
@@ -97,6 +141,18 @@ class InspectionResult(BaseModel):
                     "model": {"fingerprint": "3f5c0a...", "backend": "torch"},
                     "prompts": {"version": 12, "classes": ["scratch", "spot"], "degraded": False},
                     "heatmap_png": None,
+                    "anomaly": {
+                        "status": "ok",
+                        "score": 0.31,
+                        "raw_score": 23.1,
+                        "threshold": 43.5,
+                        "anomalous": False,
+                        "unknown_count": 0,
+                        "unknown_rejects": True,
+                        "references": 120,
+                        "map_available": True,
+                        "map_png": None,
+                    },
                 }
             ]
         }
@@ -104,12 +160,16 @@ class InspectionResult(BaseModel):
 
     namespace: str
     verdict: Literal["pass", "reject"] = Field(
-        description="reject if any detection passes its class threshold, else pass"
+        description="reject if any prompted detection passes its class threshold or (unless the "
+        "namespace turned it off) any `unknown` anomalous region was found, else pass"
     )
     top_score: float = Field(
         ge=0, le=1, description="highest detection score (0 when nothing passed a threshold)"
     )
-    detections: list[Detection]
+    detections: list[Detection] = Field(
+        description="prompted detections, then anomalous regions no prompted detection explains "
+        "(class_name `unknown`, score normalised as anomaly.score)"
+    )
     image: ImageInfo
     timings_ms: dict[str, float] = Field(
         description="milliseconds per stage: decode, queue, preprocess, inference, postprocess, "
@@ -120,7 +180,11 @@ class InspectionResult(BaseModel):
     heatmap_png: str | None = Field(
         default=None,
         description="base64 PNG (8-bit grey, 255 = 1.0) of the anomaly heatmap sum_i s_i m_i "
-        "over the returned detections, when heatmap=true",
+        "over the returned detections (prompted and unknown), when heatmap=true",
+    )
+    anomaly: AnomalyInfo = Field(
+        default_factory=lambda: AnomalyInfo(status="no_references"),
+        description="the reference-based anomaly signal",
     )
 
 
@@ -192,6 +256,86 @@ class Renamed(BaseModel):
     namespace: str
     class_name: str
     exemplar_ids: dict[str, str] = Field(description="old exemplar id -> new id")
+
+
+class ReferenceCreated(BaseModel):
+    id: str = Field(examples=["4f1c2b9a0d3e4f5a6b7c8d9e0f1a2b3c"])
+    created: bool = Field(description="false when this exact image was already registered")
+    width: int = Field(examples=[640])
+    height: int = Field(examples=[480])
+
+
+class ReferencesCreated(BaseModel):
+    """Registration result: one entry per uploaded image, in upload order."""
+
+    namespace: str = Field(examples=["line-7"])
+    version: int = Field(examples=[14])
+    references: list[ReferenceCreated]
+    count: int = Field(description="references the namespace holds now", examples=[120])
+
+
+class AnomalySettingsBody(BaseModel):
+    """Per-namespace overrides of the anomaly mode; null restores the service default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="threshold on the raw anomaly score (null: calibrated from the references)",
+        examples=[45.0],
+    )
+    min_region_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="unknown regions smaller than this share of the image are dropped",
+        examples=[0.001],
+    )
+    unknown_rejects: bool | None = Field(
+        default=None, description="whether unknown regions count toward reject", examples=[True]
+    )
+
+
+class AnomalyState(BaseModel):
+    """A namespace's anomaly mode as this replica holds it."""
+
+    namespace: str
+    version: int
+    status: str = Field(examples=["ok"])
+    references: int = Field(examples=[120])
+    threshold: float | None = Field(description="in use", examples=[43.5])
+    threshold_source: Literal["override", "calibrated"] | None = None
+    calibrated_threshold: float | None = None
+    calibration_scores: int = Field(
+        description="held-out references scored to calibrate the threshold", examples=[32]
+    )
+    quantile: float = Field(description="calibration quantile", examples=[0.99])
+    overrides: AnomalySettingsBody
+    min_region_fraction: float = Field(description="in use")
+    unknown_rejects: bool = Field(description="in use")
+    memory_patches: int = Field(description="nearest-neighbour rows held")
+    memory_bytes: int = Field(description="bytes this replica holds for the namespace")
+
+
+class ReferencePublic(BaseModel):
+    id: str
+    width: int
+    height: int
+    patches: int = Field(description="patch features stored (k-center prefix)")
+    author: str
+    created_at: str
+    note: str | None = None
+
+
+class ReferenceList(BaseModel):
+    """A namespace's reference images and its anomaly state."""
+
+    namespace: str
+    count: int
+    references: list[ReferencePublic]
+    anomaly: AnomalyState
 
 
 class Problem(BaseModel):

@@ -78,6 +78,39 @@ class ServiceSettings(BaseSettings):
     # Longest side of the region thumbnails served to QA engineers.
     thumbnail_size: int = Field(default=128, ge=16, le=1024)
 
+    # --- anomaly mode (defect-free reference images; README "Anomaly mode") --------------------
+    # Score every inspection against the namespace's references (when it has any).
+    anomaly_enabled: bool = True
+    # Patch-feature weights: "imagenet" (the packaged ImageNet EfficientNet-Lite0; references
+    # survive a model change) or "model" (the served model's fine-tuned backbone).
+    anomaly_backbone: Literal["imagenet", "model"] = "imagenet"
+    # Letterbox side of the anomaly features (a multiple of 32); the map has one cell per 8 px.
+    anomaly_image_size: int = Field(default=320, ge=64, le=1024, multiple_of=32)
+    # Patches stored per reference (its greedy k-center prefix, float16 in the store).
+    anomaly_patches_per_reference: int = Field(default=400, ge=1, le=4096)
+    # Memory bound per namespace: nearest-neighbour rows held (each reference contributes
+    # min(stored, max_patches // references) rows).
+    anomaly_max_patches: int = Field(default=20_000, ge=100, le=1_000_000)
+    # Namespaces whose memory is held at once (least recently used dropped first).
+    anomaly_max_namespaces: int = Field(default=16, ge=1, le=10_000)
+    # References a namespace may hold.
+    anomaly_max_references: int = Field(default=5_000, ge=2, le=100_000)
+    # Reference images accepted by one registration request.
+    anomaly_max_references_per_request: int = Field(default=32, ge=1, le=1000)
+    # Calibration: this many references (a fixed pseudo-random draw) are scored leave-one-out
+    # against the others; the threshold is the `anomaly_threshold_quantile` of their scores.
+    anomaly_calibration_references: int = Field(default=64, ge=2, le=1000)
+    anomaly_threshold_quantile: float = Field(default=0.99, gt=0, le=1)
+    # Unknown regions smaller than this share of the image area are dropped (namespace override).
+    anomaly_min_region_fraction: float = Field(default=0.001, ge=0, lt=1)
+    # A region counts as explained by a prompted detection when more than this share of it lies
+    # inside that detection's box (then it is not reported as `unknown`).
+    anomaly_explained_overlap: float = Field(default=0.5, ge=0, le=1)
+    # Gaussian smoothing of the anomaly map, in anomaly-input pixels (0: none).
+    anomaly_smoothing_sigma: float = Field(default=4.0, ge=0, le=64)
+    # Whether `unknown` regions reject a part (namespace override).
+    anomaly_unknown_rejects: bool = True
+
     # --- prompt store ----------------------------------------------------------------------------
     # The conventional REDIS_URL; unset (and INSPECT_REDIS_URL unset) = the embedded store.
     redis_url: SecretStr | None = Field(default=None, validation_alias="REDIS_URL")
@@ -125,6 +158,11 @@ class ServiceSettings(BaseSettings):
     def _check(self) -> ServiceSettings:
         if self.model_path is not None and not self.model_path.is_file():
             raise ValueError(f"INSPECT_MODEL_PATH {self.model_path} is not a file")
+        if self.anomaly_max_references > self.anomaly_max_patches:
+            raise ValueError(
+                "INSPECT_ANOMALY_MAX_REFERENCES must not exceed INSPECT_ANOMALY_MAX_PATCHES "
+                "(every reference keeps at least one patch in memory)"
+            )
         return self
 
     @property

@@ -1,7 +1,8 @@
 """What the service holds while it runs, built in the lifespan and torn down in reverse.
 
-Start-up order: model (and warm-up, so /readyz means the first request is not slow), store
-(external or embedded), prototype cache, event subscription, store health monitor, batcher.
+Start-up order: model and anomaly feature extractor (and warm-up, so /readyz means the first
+request is not slow), store (external or embedded), prototype cache and anomaly memories, event
+subscription, store health monitor, batcher.
 Shutdown: stop intake, drain the queue, stop the subscription and monitor, close the store (and
 stop the embedded redis-server).
 """
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 from starlette.concurrency import run_in_threadpool
 
 from prompt_store.errors import StoreUnavailable
-from prompt_store.records import PrototypeSnapshot
+from prompt_store.records import PrototypeSnapshot, StoreEvent
 from prompt_store.redis_store import EventSubscription
+from service.anomaly import AnomalyMemories, AnomalyParams, build_scorer
 from service.batching import BatchStats, MicroBatcher, model_thread
 from service.inference import BackendInfo, InspectJob, Inspector, InspectOutcome, build_predictor
 from service.metrics import Metrics
@@ -28,6 +30,19 @@ from service.settings import ServiceSettings
 from service.store import StoreHandle, open_store
 
 log = logging.getLogger(__name__)
+
+
+class ModelFileError(RuntimeError):
+    """The model file cannot be served: the service refuses to start, saying which file and why."""
+
+    def __init__(self, path: object, cause: Exception) -> None:
+        where = f"INSPECT_MODEL_PATH={path}" if path is not None else "the embedded default model"
+        why = str(cause).rstrip(".")
+        super().__init__(
+            f"cannot start: the model file ({where}) cannot be used: {why}. Point "
+            "INSPECT_MODEL_PATH at a model file written by scripts/train.py (format "
+            "unispector-model/1), or unset it to serve the embedded default model."
+        )
 
 
 @dataclass
@@ -45,6 +60,7 @@ class AppState:
     batcher: MicroBatcher[InspectJob, InspectOutcome]
     subscription: EventSubscription | None = None
     monitor: asyncio.Task[None] | None = None
+    anomaly: AnomalyMemories | None = None  # None: the anomaly mode is off
     ready: bool = False
     draining: bool = False
     started_at: float = field(default_factory=time.monotonic)
@@ -83,8 +99,15 @@ async def start(settings: ServiceSettings, metrics: Metrics) -> AppState:
         )
     executor = model_thread()  # loads the model and runs every model call (see batching.py)
     loop = asyncio.get_running_loop()
-    predictor, backend = await loop.run_in_executor(executor, build_predictor, settings)
-    inspector = Inspector(predictor)
+    try:
+        predictor, backend = await loop.run_in_executor(executor, build_predictor, settings)
+    except (ValueError, OSError) as exc:  # corrupt, truncated or foreign model file
+        executor.shutdown(wait=False)
+        error = ModelFileError(settings.model_path, exc)
+        log.error("%s", error)  # one clear line ahead of uvicorn's "startup failed" traceback
+        raise error from None
+    scorer = await loop.run_in_executor(executor, build_scorer, settings)
+    inspector = Inspector(predictor, scorer)
     log.info(
         "model loaded",
         extra={
@@ -113,11 +136,23 @@ async def start(settings: ServiceSettings, metrics: Metrics) -> AppState:
         metrics.store_up.set(1 if up else 0)
         if up:
             cache.invalidate_all()  # refetch what may have changed during the outage
+            if anomaly is not None:
+                anomaly.invalidate_all()
 
     health = StoreHealth(on_health)
     cache = PrototypeCache(
         handle.store, predictor.fingerprint, health, lambda s: _record_snapshot(metrics, s)
     )
+    anomaly = None
+    if scorer is not None:
+        anomaly = AnomalyMemories(
+            handle.store.references,
+            scorer.extractor.fingerprint,
+            scorer.extractor.dim,
+            health,
+            AnomalyParams.from_settings(settings),
+            settings.anomaly_max_namespaces,
+        )
 
     def on_batch(stats: BatchStats) -> None:
         metrics.batch_size.observe(stats.size)
@@ -136,8 +171,18 @@ async def start(settings: ServiceSettings, metrics: Metrics) -> AppState:
     metrics.queue_capacity.set(settings.queue_size)
     await batcher.start()
     state = AppState(settings, metrics, keys, inspector, backend, handle, health, cache, batcher)
+    state.anomaly = anomaly
+    if anomaly is not None:
+        metrics.anomaly_memory_bytes.set_function(anomaly.nbytes)
+        metrics.anomaly_namespaces.set_function(lambda: len(anomaly))
+
+    def on_event(event: StoreEvent) -> None:
+        cache.on_event(event)
+        if anomaly is not None:
+            anomaly.on_event(event)
+
     try:
-        state.subscription = handle.store.subscribe(cache.on_event, None, wait_s=0)
+        state.subscription = handle.store.subscribe(on_event, None, wait_s=0)
     except StoreUnavailable as exc:  # cannot happen with wait_s=0, kept for clarity
         log.warning("event subscription not active yet: %s", exc)
     state.monitor = asyncio.create_task(_monitor(state), name="store-health")

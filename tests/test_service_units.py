@@ -330,6 +330,35 @@ def test_deadline_passes_while_queued():
     assert calls == [[1]]  # the abandoned job never reached the model
 
 
+def test_queue_longer_than_the_deadline_answers_429_at_once():
+    """A job that cannot start before its deadline (the queued batches take longer) is refused
+    with 429 at submit, not held until a 503: overload answers stay fast."""
+    model = _Model(seconds=0.3)
+
+    async def main():
+        b = MicroBatcher(model, max_batch=1, max_wait_s=0.0, queue_size=8)
+        await b.start()
+        b._batch_ewma_s = 0.3  # as measured after a few calls
+        far = time.monotonic() + 10
+        running = asyncio.create_task(b.submit("k", 1, far))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(b.submit("k", i, far)) for i in (2, 3)]
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(Problem) as refused:
+            await b.submit("k", 4, time.monotonic() + 0.5)  # 2 queued x 0.3 s > 0.5 s
+        waited = time.monotonic() - started
+        fits = await b.submit("k", 5, time.monotonic() + 5)  # 0.6 s of queue fits in 5 s
+        results = await asyncio.gather(running, *queued)
+        await b.close()
+        return refused.value, waited, results, fits
+
+    refused, waited, results, fits = _run(main())
+    assert refused.status == 429 and refused.kind == "overloaded" and waited < 0.05
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert results == [10, 20, 30] and fits == 50
+
+
 def test_close_drains_queued_jobs_and_refuses_new_ones():
     model = _Model(seconds=0.05)
 
@@ -432,26 +461,40 @@ def test_no_redis_url_starts_the_embedded_persistent_store(monkeypatch, tmp_path
         again.close()
 
 
+class _Clock:
+    """A virtual perf_counter: the fake model advances it, so the timings are exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
 class _BatchModel:
-    """A fake predictor whose per-call cost is `fixed + per_image * n` seconds."""
+    """A fake predictor whose per-call cost is `fixed + per_image * n` seconds of `clock`."""
 
     embed_dim = 4
     size = 32
 
-    def __init__(self, fixed: float, per_image: float) -> None:
-        self.fixed, self.per_image = fixed, per_image
+    def __init__(self, clock: _Clock, fixed: float, per_image: float) -> None:
+        self.clock, self.fixed, self.per_image = clock, fixed, per_image
 
     def detect(self, images, prototypes, score_threshold=None, max_detections=100):
-        time.sleep(self.fixed + self.per_image * len(images))
+        self.clock.now += self.fixed + self.per_image * len(images)
         return []
 
 
-def test_batch_size_calibration_picks_the_fastest_per_image():
-    from service.inference import Inspector
+def test_batch_size_calibration_picks_the_fastest_per_image(monkeypatch):
+    import service.inference as inference
 
+    clock = _Clock()
+    monkeypatch.setattr(inference, "time", clock)  # deterministic under any machine load
     # a big fixed cost per call: bigger batches are cheaper per image
-    best, rates = Inspector(_BatchModel(0.02, 0.002)).best_batch_size(8, seconds=0.05, rounds=1)
+    model = _BatchModel(clock, 0.02, 0.002)
+    best, rates = inference.Inspector(model).best_batch_size(8, seconds=0.05, rounds=1)
     assert best == 8 and sorted(rates) == [1, 2, 4, 8]
     # no fixed cost: batching buys nothing, stay at 1
-    best, _ = Inspector(_BatchModel(0.0, 0.004)).best_batch_size(6, seconds=0.05, rounds=1)
+    model = _BatchModel(clock, 0.0, 0.004)
+    best, _ = inference.Inspector(model).best_batch_size(6, seconds=0.05, rounds=1)
     assert best == 1

@@ -14,13 +14,15 @@ from starlette.datastructures import UploadFile
 
 from prompt_store.errors import InvalidInput
 from prompt_store.records import validate_label
+from service.anomaly import NamespaceMemory
 from service.batching import Arrival
 from service.deps import InspectRole, StateDep
 from service.errors import Problem
-from service.images import DecodedImage, decode_image
+from service.images import DecodedImage, decode_image, heatmap_png_base64
 from service.inference import InspectJob, InspectOutcome
 from service.schemas import (
     NAMESPACE_PATTERN,
+    AnomalyInfo,
     ImageInfo,
     InspectionResult,
     MaskFormat,
@@ -110,13 +112,6 @@ def _plan(
     """Snapshot, class subset, prototypes and per-class thresholds (or a clear 4xx)."""
     cached = state.cache.get(namespace)
     snap = cached.snapshot
-    if not snap.class_names:
-        raise Problem(
-            409,
-            "no-prompts",
-            f"namespace {namespace!r} has no defect classes yet; register exemplars with "
-            f"POST /v1/namespaces/{namespace}/prompts first",
-        )
     index = {name: i for i, name in enumerate(snap.class_names)}
     wanted = list(dict.fromkeys(classes)) if classes else list(snap.class_names)
     for name in list(wanted) + list(class_thresholds):
@@ -175,8 +170,49 @@ class InspectOptions:
     max_detections: Annotated[int | None, Query(ge=1, le=1000)] = None
     mask_format: Annotated[MaskFormat, Query(description="rle, polygon or none")] = MaskFormat.rle
     heatmap: Annotated[
-        bool, Query(description="also return the anomaly heatmap (sum of s_i m_i) as a PNG")
+        bool,
+        Query(
+            description="also return the heatmap sum_i s_i m_i over the prompted and unknown "
+            "detections as a PNG"
+        ),
     ] = False
+    anomaly_map: Annotated[
+        bool,
+        Query(description="also return the pixel anomaly map (namespaces with references)"),
+    ] = False
+
+
+async def _anomaly_memory(state: AppState, namespace: str) -> tuple[NamespaceMemory | None, str]:
+    """The namespace's anomaly memory (refreshed on the model thread when stale) and status."""
+    if state.anomaly is None:
+        return None, "disabled"
+    cached = state.anomaly.peek(namespace)
+    if cached is None:
+        cached = await state.batcher.run_exclusive(state.anomaly.get, namespace)
+    if cached.memory is None:
+        return None, "unavailable"
+    return cached.memory, cached.memory.status
+
+
+def _anomaly_info(
+    outcome: InspectOutcome, memory: NamespaceMemory | None, status: str
+) -> AnomalyInfo:
+    a = outcome.anomaly
+    if a is None:
+        refs = memory.references if memory is not None else 0
+        return AnomalyInfo(status=status, references=refs)  # type: ignore[arg-type]
+    return AnomalyInfo(
+        status=a.status,  # type: ignore[arg-type]
+        score=a.score,
+        raw_score=a.raw_score,
+        threshold=a.threshold,
+        anomalous=a.anomalous,
+        unknown_count=len(a.unknown),
+        unknown_rejects=a.unknown_rejects,
+        references=a.references,
+        map_available=a.threshold is not None,
+        map_png=heatmap_png_base64(a.map) if a.map is not None else None,
+    )
 
 
 @router.post(
@@ -219,6 +255,16 @@ async def _inspect(
     snap, names, prototypes, thresholds, degraded = await run_in_threadpool(
         _plan, state, namespace, options.classes, options.score_threshold, per_class
     )
+    memory, anomaly_status = await _anomaly_memory(state, namespace)
+    active = memory is not None and memory.active
+    if not names and not active:
+        raise Problem(
+            409,
+            "no-prompts",
+            f"namespace {namespace!r} has no defect classes and no reference images yet; "
+            f"register exemplars with POST /v1/namespaces/{namespace}/prompts or defect-free "
+            f"references with POST /v1/namespaces/{namespace}/references first",
+        )
     cap = settings.max_detections
     job = InspectJob(
         image=image.rgb,
@@ -228,17 +274,20 @@ async def _inspect(
         max_detections=min(options.max_detections or cap, cap),
         mask_format=options.mask_format,
         heatmap=options.heatmap,
+        anomaly=memory if active else None,
+        anomaly_map=options.anomaly_map,
     )
     queued = time.perf_counter()
     deadline = arrived + settings.request_timeout_s
+    memory_version = memory.version if active and memory is not None else -1
     outcome: InspectOutcome = await state.batcher.submit(
-        (namespace, snap.version, names), job, deadline, arrival
+        (namespace, snap.version, names, memory_version), job, deadline, arrival
     )
     waited = time.perf_counter() - queued - sum(outcome.timings_s.values())
 
     for stage, seconds in outcome.timings_s.items():
         state.metrics.stage_duration.labels(stage=stage).observe(seconds)
-    verdict = "reject" if outcome.detections else "pass"
+    verdict = "reject" if outcome.rejects else "pass"
     state.metrics.verdicts.labels(namespace=namespace, verdict=verdict).inc()
     for det in outcome.detections:
         state.metrics.detections.labels(namespace=namespace, class_name=det["class_name"]).inc()
@@ -258,4 +307,5 @@ async def _inspect(
         model=ModelInfo(fingerprint=state.fingerprint, backend=state.backend.backend),
         prompts=PromptsInfo(version=snap.version, classes=list(names), degraded=degraded),
         heatmap_png=outcome.heatmap_png,
+        anomaly=_anomaly_info(outcome, memory, anomaly_status),
     )
