@@ -7,12 +7,20 @@ prompted detection explains come back as detections of class `unknown`.
 `AnomalyMemories` holds, per namespace, the memory bank built from the references' stored patch
 features (never the images) and its calibrated threshold, like `PrototypeCache` holds prototypes:
 a memory becomes stale on the namespace's store events (every replica subscribes), on this
-replica's own writes, and after a resync or an outage; a stale memory is refreshed on next use,
-incrementally: only references it does not hold yet are read (and only the prefix of their
-patches the memory budget needs), removed ones are dropped, and the threshold is recalibrated
-(leave-one-out on a fixed draw of references) only when the set of references changed. At most
-`anomaly_max_namespaces` memories are held (least recently used dropped first), each bounded by
-`anomaly_max_patches` rows. Refreshes run on the model thread (they use torch, as scoring does).
+replica's own writes, and after a resync or an outage. A refresh is incremental: only references
+the memory does not hold yet are read (and only the prefix of their patches the memory budget
+needs), removed ones are dropped, and the threshold is recalibrated (leave-one-out on a fixed draw
+of references) only when the set of references changed. At most `anomaly_max_namespaces` memories
+are held (least recently used dropped first), each bounded by `anomaly_max_patches` rows.
+
+A recalibration takes seconds, so a stale memory is refreshed stale-while-revalidate: inspections
+keep scoring with the memory held (their answer names its version) while one background worker
+thread rebuilds it and swaps the new one in under the lock; refreshes of a namespace are coalesced
+(an event during a rebuild schedules at most one more). Only a namespace with no memory held yet
+is built synchronously on the model thread, so the first inspection after registering references
+has the signal. A failed background refresh is logged and the old memory keeps serving (retried
+on the next event, or on use after `RETRY_AFTER_S`). The worker uses torch beside the model
+thread (read-only banks; the new bank is only published when complete).
 
 While the store is unreachable the memory held is used (a namespace never loaded has no anomaly
 signal: status `unavailable`); model or extractor mismatches switch the signal off for that
@@ -25,6 +33,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +58,8 @@ from service.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 UNKNOWN_CLASS = "unknown"
+RETRY_AFTER_S = 5.0  # a failed background refresh is retried after this long (at once on an event)
+CLOSE_WAIT_S = 10.0  # how long close() waits for a rebuild under way (it reads the store)
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,9 @@ class CachedMemory:
 
 
 class AnomalyMemories:
-    """Namespace -> NamespaceMemory (bounded LRU), refreshed incrementally; thread-safe."""
+    """Namespace -> NamespaceMemory (bounded LRU), refreshed incrementally; thread-safe.
+
+    Owns one background worker thread for the refreshes of held memories (close() stops it)."""
 
     def __init__(
         self,
@@ -145,9 +158,18 @@ class AnomalyMemories:
         self.params = params
         self._max = max_namespaces
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified on swaps and ended refreshes
         self._held: OrderedDict[str, NamespaceMemory] = OrderedDict()
         self._stale: set[str] = set()
         self._min_version: dict[str, int] = {}
+        # bumped by every invalidation: a refresh that started before one must not clear it
+        self._epoch: dict[str, int] = {}
+        self._pending: set[str] = set()  # background refresh queued or under way
+        self._running: str | None = None
+        self._again: set[str] = set()  # invalidated while its refresh ran: one more run
+        self._failed: dict[str, float] = {}  # monotonic time of the last failed refresh
+        self._closed = False
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomaly-refresh")
 
     def __len__(self) -> int:
         return len(self._held)
@@ -156,50 +178,179 @@ class AnomalyMemories:
         with self._lock:
             return sum(m.nbytes for m in self._held.values())
 
+    def _current(self, ns: str, mem: NamespaceMemory) -> bool:
+        """Caller holds the lock."""
+        return ns not in self._stale and mem.version >= self._min_version.get(ns, 0)
+
     def peek(self, ns: str) -> CachedMemory | None:
         """The held memory when it is current (no store access); None when it needs a refresh."""
         with self._lock:
             mem = self._held.get(ns)
             if mem is not None:
                 self._held.move_to_end(ns)
-            fresh = mem is not None and ns not in self._stale
-            fresh = fresh and mem.version >= self._min_version.get(ns, 0)  # type: ignore[union-attr]
+            fresh = mem is not None and self._current(ns, mem)
         if fresh:
             return CachedMemory(mem, degraded=not self._health.up)
         if not self._health.up and mem is not None:
             return CachedMemory(mem, degraded=True)
         return None
 
-    def get(self, ns: str) -> CachedMemory:
-        """The current memory, refreshed from the store if needed (blocking: run it on the model
-        thread). NotFound passes through."""
+    def serve(self, ns: str) -> CachedMemory | None:
+        """What an inspection scores with, without waiting or touching the store: the held
+        memory, current or stale (a stale one is refreshed in the background meanwhile); None when
+        none is held yet (then get() builds it)."""
         cached = self.peek(ns)
         if cached is not None:
             return cached
         with self._lock:
             old = self._held.get(ns)
+        if old is None:
+            return None
+        if self._health.up:  # during an outage it is refreshed once the store is back
+            self.refresh_soon(ns)
+        return CachedMemory(old, degraded=not self._health.up)
+
+    def get(self, ns: str) -> CachedMemory:
+        """The memory to score with. A held one is returned at once (see serve()); a namespace
+        with none held is built from the store here, blocking (run it on the model thread).
+        NotFound passes through."""
+        cached = self.serve(ns)
+        if cached is not None:
+            return cached
         if not self._health.up:  # never block the model thread on retries during an outage
-            return CachedMemory(old, degraded=True)
+            return CachedMemory(None, degraded=True)
+        with self._lock:
+            old, epoch = self._held.get(ns), self._epoch.get(ns, 0)
         try:
-            snap = self._store.snapshot(ns)
-            mem = self._rebuild(snap, old)
+            mem = self._rebuild(self._store.snapshot(ns), old)
         except StoreUnavailable as exc:
             self._health.set(False, str(exc))
             return CachedMemory(old, degraded=True)
         except NotFound:
             self.forget(ns)
             raise
+        self._publish(mem, epoch)
+        return CachedMemory(mem, degraded=False)
+
+    def wait_current(self, ns: str, timeout_s: float) -> CachedMemory | None:
+        """The held memory once current, after a background refresh if needed; blocks up to
+        timeout_s (never call it on the model thread: admin reads and settings changes use it so
+        their answer shows the change). Returns the memory as held when the refresh failed or
+        timed out, None when none is held (use get())."""
+        deadline = time.monotonic() + timeout_s
+        self.refresh_soon(ns)
+        with self._changed:
+            while True:
+                mem = self._held.get(ns)
+                if mem is None:
+                    return None
+                left = deadline - time.monotonic()
+                if self._current(ns, mem) or ns not in self._pending or left <= 0:
+                    return CachedMemory(mem, degraded=not self._health.up)
+                self._changed.wait(left)
+
+    def _publish(self, mem: NamespaceMemory, epoch: int) -> None:
+        """Swaps a rebuilt memory in (unless a newer one is held); it is current unless the
+        namespace was invalidated since its rebuild started (epoch)."""
+        ns = mem.namespace
         with self._lock:
             current = self._held.get(ns)
             if current is None or mem.version >= current.version:
                 self._held[ns] = mem
                 self._held.move_to_end(ns)
-            if self._held[ns].version >= self._min_version.get(ns, 0):
+            fresh = self._held[ns].version >= self._min_version.get(ns, 0)
+            if fresh and self._epoch.get(ns, 0) == epoch:
                 self._stale.discard(ns)
+            self._failed.pop(ns, None)
             while len(self._held) > self._max:
                 dropped, _ = self._held.popitem(last=False)
                 self._stale.discard(dropped)
-        return CachedMemory(mem, degraded=False)
+            self._changed.notify_all()
+
+    # ---- background refresh --------------------------------------------------------------------
+
+    def refresh_soon(self, ns: str) -> bool:
+        """Schedules a background refresh of a held namespace (coalesced: a queued one covers
+        any number of requests, one under way gets at most one more run). False when none was
+        scheduled (not held, closed, or within RETRY_AFTER_S of a failure)."""
+        with self._lock:
+            if self._closed or ns not in self._held:
+                return False
+            if ns in self._pending:
+                if self._running == ns:
+                    self._again.add(ns)
+                return True
+            if time.monotonic() - self._failed.get(ns, -RETRY_AFTER_S) < RETRY_AFTER_S:
+                return False
+            self._pending.add(ns)
+        try:
+            self._worker.submit(self._background, ns)
+        except RuntimeError:  # close() won the race: nothing runs after shutdown
+            with self._lock:
+                self._pending.discard(ns)
+            return False
+        return True
+
+    def _background(self, ns: str) -> None:
+        """The worker's job: refresh, then once more if invalidated meanwhile."""
+        while True:
+            with self._lock:
+                self._running = ns
+            try:
+                self._refresh_held(ns)
+            finally:
+                with self._lock:
+                    self._running = None
+                    again = ns in self._again and not self._closed
+                    self._again.discard(ns)
+                    if not again:
+                        self._pending.discard(ns)
+                        self._changed.notify_all()
+            if not again:
+                return
+
+    def _refresh_held(self, ns: str) -> None:
+        """Rebuilds a held, stale memory from the store; any failure leaves the old one serving."""
+        with self._lock:
+            old, epoch = self._held.get(ns), self._epoch.get(ns, 0)
+            if old is None or self._current(ns, old):  # dropped, or refreshed already
+                return
+        if not self._health.up:
+            return
+        try:
+            mem = self._rebuild(self._store.snapshot(ns), old)
+        except StoreUnavailable as exc:
+            self._health.set(False, str(exc))
+            return
+        except NotFound:
+            self.forget(ns)  # the next inspection builds it, and gets NotFound
+            return
+        except Exception as exc:  # keep serving the old memory; no traceback per retry
+            with self._lock:
+                self._failed[ns] = time.monotonic()
+            log.error(
+                "anomaly memory refresh failed; the held memory keeps serving",
+                extra={
+                    "fields": {
+                        "namespace": ns,
+                        "version": old.version,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                },
+            )
+            return
+        self._publish(mem, epoch)
+
+    def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Stops the worker: queued refreshes are dropped, one under way is waited for (bounded),
+        so that it does not read a store being closed."""
+        with self._lock:
+            self._closed = True
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._running is not None and time.monotonic() < deadline:
+                self._changed.wait(max(0.0, deadline - time.monotonic()))
 
     def _rebuild(self, snap: ReferenceSnapshot, old: NamespaceMemory | None) -> NamespaceMemory:
         p = self.params
@@ -296,21 +447,30 @@ class AnomalyMemories:
     # ---- invalidation (same rules as PrototypeCache) -------------------------------------------
 
     def invalidate(self, ns: str, min_version: int = 0) -> None:
+        """Marks ns stale (refreshed on next use; refresh_soon() to start at once)."""
         with self._lock:
             self._stale.add(ns)
+            self._epoch[ns] = self._epoch.get(ns, 0) + 1
+            self._failed.pop(ns, None)  # something changed: worth trying again at once
             if min_version:
                 self._min_version[ns] = max(self._min_version.get(ns, 0), min_version)
 
     def invalidate_all(self) -> None:
         with self._lock:
             self._stale.update(self._held)
+            for ns in self._held:
+                self._epoch[ns] = self._epoch.get(ns, 0) + 1
 
     def forget(self, ns: str) -> None:
         with self._lock:
             self._held.pop(ns, None)
             self._stale.discard(ns)
+            self._failed.pop(ns, None)
+            self._changed.notify_all()
 
     def on_event(self, event: StoreEvent) -> None:
+        """Store events: a namespace's change refreshes its held memory in the background; a
+        resync marks all stale (refreshed on use)."""
         if event.kind == "resync" or event.namespace is None:
             self.invalidate_all()
             return
@@ -318,6 +478,7 @@ class AnomalyMemories:
             known = event.namespace in self._held
         if known:
             self.invalidate(event.namespace, max(event.version, 0))
+            self.refresh_soon(event.namespace)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,13 @@ class AnomalyInfo(BaseModel):
         default=False, description="whether `unknown` detections count toward reject"
     )
     references: int = Field(default=0, description="reference images behind the memory")
+    version: int | None = Field(
+        default=None,
+        description="the namespace's reference version the memory used was built from; after a "
+        "change it is refreshed in the background, and inspections keep using the previous memory "
+        "(older version) until the new one is swapped in",
+        examples=[12],
+    )
     map_available: bool = Field(
         default=False, description="a pixel anomaly map was computed (ask with anomaly_map=true)"
     )

@@ -115,6 +115,8 @@ def test_a_drawn_defect_is_flagged_and_located_an_unchanged_part_passes(api) -> 
     amap = np.array(Image.open(io.BytesIO(base64.b64decode(body["anomaly"]["map_png"]))))
     assert amap[truth].mean() > amap[~mask].mean() + 50
     assert "anomaly" in body["timings_ms"]
+    state = api.get(f"/v1/namespaces/{NS}/anomaly").json()
+    assert body["anomaly"]["version"] == state["version"]  # the memory it was scored with
 
     good = inspect(api, encode_png(good_part(101)))
     assert good["verdict"] == "pass" and good["detections"] == [], good["anomaly"]

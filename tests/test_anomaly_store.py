@@ -8,6 +8,7 @@ everything kept across a restart of a persistent server.
 from __future__ import annotations
 
 import queue
+import time
 from pathlib import Path
 
 import numpy as np
@@ -319,7 +320,9 @@ def test_service_memory_is_bounded_and_refreshed_incrementally(
     assert memories.peek(NS) is not None  # no event delivered here: still the held memory
     memories.invalidate(NS, version)
     assert memories.peek(NS) is None
-    three = memories.get(NS).memory
+    assert memories.get(NS).memory is one  # stale: served as held while the worker refreshes
+    three = _refreshed(memories, NS, version)
+    assert memories.get(NS).memory is three
     assert three.status == "ok" and three.references == 3 and three.calibration_scores == 2
     assert len(three.bank) == 12  # bounded: 3 references x min(5, 12 // 3) rows
     new_ids = {r.reference_id for r in add(redis_store, [ref(2), ref(3)])}
@@ -334,3 +337,15 @@ def test_service_memory_is_bounded_and_refreshed_incrementally(
     add(redis_store, [ref(20)], ns="foreign", feature_fingerprint="e" * 64)
     foreign = memories.get("foreign").memory
     assert foreign.status == "model_mismatch" and not foreign.active
+    memories.close()
+
+
+def _refreshed(memories, ns: str, version: int, timeout_s: float = 30.0):
+    """The memory of ns once the background refresh has swapped in `version` (bounded wait)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        cached = memories.wait_current(ns, max(0.0, deadline - time.monotonic()))
+        if cached is not None and cached.memory.version >= version:
+            return cached.memory
+        time.sleep(0.01)
+    raise AssertionError(f"the memory of {ns!r} did not reach version {version}")

@@ -435,6 +435,79 @@ def test_prototype_cache_refreshes_on_events_and_survives_outages():
         cache.get("missing")
 
 
+# ---- anomaly memories: stale-while-revalidate ----------------------------------------------
+
+
+class _ReferenceStore:
+    def __init__(self) -> None:
+        self.version = 1
+
+    def snapshot(self, ns: str):
+        from prompt_store.references import AnomalySettings, ReferenceSnapshot
+
+        return ReferenceSnapshot(ns, self.version, "fp", "feat", 4, {}, AnomalySettings())
+
+
+def _gated_memories(store: _ReferenceStore):
+    """AnomalyMemories whose rebuild blocks on `gate` (a slow recalibration) and can fail."""
+    from models.anomaly.memory import MemoryBank
+    from service.anomaly import AnomalyMemories, AnomalyParams, NamespaceMemory
+
+    params = AnomalyParams(10, 2, 1.0, 0.0, 0.0, 0.5, True)
+
+    class Gated(AnomalyMemories):
+        gate = threading.Event()
+        started = threading.Event()
+        fail = False
+        rebuilds = 0
+
+        def _rebuild(self, snap, old):  # type: ignore[no-untyped-def]
+            self.rebuilds += 1
+            self.started.set()
+            assert self.gate.wait(5), "gate never opened"
+            if self.fail:
+                raise RuntimeError("boom")
+            bank = MemoryBank.build([], params.max_patches)
+            return NamespaceMemory(
+                snap.namespace, snap.version, "ok", bank, 0, 1.0, 0, snap.settings, params
+            )
+
+    memories = Gated(store, "feat", 4, StoreHealth(), params, max_namespaces=4)  # type: ignore[arg-type]
+    memories.gate.set()
+    return memories
+
+
+def test_anomaly_memory_is_refreshed_in_the_background_while_the_old_one_serves(caplog):
+    store = _ReferenceStore()
+    memories = _gated_memories(store)
+    one = memories.get("ns").memory  # first use: built here, synchronously
+    assert one is not None and one.version == 1 and memories.rebuilds == 1
+
+    memories.gate.clear()
+    memories.started.clear()
+    store.version = 2
+    memories.on_event(StoreEvent("ns", 2, "reference_added"))
+    assert memories.started.wait(5)  # the worker is inside the rebuild, held at the gate
+    for _ in range(3):  # returned at once, the gate still closed: no inspection waits
+        assert memories.get("ns").memory is one and memories.serve("ns").memory is one
+    memories.on_event(StoreEvent("ns", 2, "reference_added"))  # during the rebuild: one more run
+    memories.gate.set()
+    two = memories.wait_current("ns", 5).memory
+    assert two.version == 2 and memories.get("ns").memory is two
+    assert memories.rebuilds == 3  # first use + the refresh + one coalesced rerun
+
+    memories.fail = True
+    memories.invalidate("ns", 3)
+    with caplog.at_level("ERROR", logger="service.anomaly"):
+        assert memories.wait_current("ns", 5).memory is two  # failed: the old one keeps serving
+    assert memories.get("ns").memory is two and memories.rebuilds == 4  # no retry at once
+    failed = [r for r in caplog.records if "refresh failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is None
+    assert failed[0].fields == {"namespace": "ns", "version": 2, "error": "RuntimeError: boom"}
+    memories.close()
+    assert not memories.refresh_soon("ns")  # closed: nothing is scheduled any more
+
+
 @pytest.mark.integration
 def test_no_redis_url_starts_the_embedded_persistent_store(monkeypatch, tmp_path):
     import shutil

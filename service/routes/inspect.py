@@ -183,10 +183,12 @@ class InspectOptions:
 
 
 async def _anomaly_memory(state: AppState, namespace: str) -> tuple[NamespaceMemory | None, str]:
-    """The namespace's anomaly memory (refreshed on the model thread when stale) and status."""
+    """The namespace's anomaly memory and status. A held memory is used even when stale (it is
+    refreshed in the background, never on the model thread); only a namespace with none held yet
+    is built on the model thread."""
     if state.anomaly is None:
         return None, "disabled"
-    cached = state.anomaly.peek(namespace)
+    cached = state.anomaly.serve(namespace)
     if cached is None:
         cached = await state.batcher.run_exclusive(state.anomaly.get, namespace)
     if cached.memory is None:
@@ -200,7 +202,11 @@ def _anomaly_info(
     a = outcome.anomaly
     if a is None:
         refs = memory.references if memory is not None else 0
-        return AnomalyInfo(status=status, references=refs)  # type: ignore[arg-type]
+        return AnomalyInfo(
+            status=status,  # type: ignore[arg-type]
+            references=refs,
+            version=memory.version if memory is not None else None,
+        )
     return AnomalyInfo(
         status=a.status,  # type: ignore[arg-type]
         score=a.score,
@@ -210,6 +216,7 @@ def _anomaly_info(
         unknown_count=len(a.unknown),
         unknown_rejects=a.unknown_rejects,
         references=a.references,
+        version=memory.version if memory is not None else None,
         map_available=a.threshold is not None,
         map_png=heatmap_png_base64(a.map) if a.map is not None else None,
     )

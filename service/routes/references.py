@@ -4,7 +4,10 @@ A registration is validated completely (every image decoded, sizes and count che
 model or the store is touched, so a refused request changes nothing. Features are computed on the
 model thread; the store writes all the new references of one request atomically with one version
 bump and event (prompt_store/reference_store.py). Registering the same image again is a no-op
-that returns the same id. This replica refreshes its memory at once; the others on the event.
+that returns the same id. Every replica refreshes its memory in the background (this one at
+once, the others on the event); inspections keep using the previous memory until the swap (their
+`anomaly.version` says which). Admin reads and settings changes wait for the refresh (off the
+model thread) so that their answer shows the change.
 """
 
 from __future__ import annotations
@@ -66,11 +69,28 @@ def _shrunk(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(lb.image(rgb)[:h, :w])
 
 
+REFRESH_WAIT_S = 30.0  # how long an admin read waits for a background refresh to finish
+
+
 async def _memory(state: AppState, namespace: str) -> NamespaceMemory | None:
+    """The namespace's memory once current: a held one is refreshed by the background worker and
+    waited for on a thread-pool thread (the model thread keeps inspecting); only a namespace with
+    none held yet is built on the model thread."""
     if state.anomaly is None:
         return None
-    cached = await state.batcher.run_exclusive(state.anomaly.get, namespace)
+    cached = await run_in_threadpool(state.anomaly.wait_current, namespace, REFRESH_WAIT_S)
+    if cached is None:
+        cached = await state.batcher.run_exclusive(state.anomaly.get, namespace)
     return cached.memory
+
+
+def _changed(state: AppState, namespace: str, version: int) -> None:
+    """After this replica's own write: prototypes refetch on next use, the anomaly memory starts
+    refreshing in the background now (the event reaches the other replicas)."""
+    state.cache.invalidate(namespace, version)
+    if state.anomaly is not None:
+        state.anomaly.invalidate(namespace, version)
+        state.anomaly.refresh_soon(namespace)
 
 
 def _state_of(state: AppState, namespace: str, memory: NamespaceMemory | None) -> AnomalyState:
@@ -180,8 +200,7 @@ async def register_references(
         )
     )
     version = max(r.version for r in results)
-    state.cache.invalidate(namespace, version)
-    state.anomaly.invalidate(namespace, version)  # type: ignore[union-attr]
+    _changed(state, namespace, version)
     snap = await run_in_threadpool(state.store.store.references.snapshot, namespace)
     return ReferencesCreated(
         namespace=namespace,
@@ -237,8 +256,7 @@ async def delete_reference(
     version = await run_in_threadpool(
         state.store.store.references.remove_reference, namespace, reference_id
     )
-    state.cache.invalidate(namespace, version)
-    state.anomaly.invalidate(namespace, version)  # type: ignore[union-attr]
+    _changed(state, namespace, version)
     return Changed(namespace=namespace, version=version)
 
 
@@ -271,6 +289,5 @@ async def put_anomaly(
     version = await run_in_threadpool(
         state.store.store.references.set_settings, namespace, settings
     )
-    state.cache.invalidate(namespace, version)
-    state.anomaly.invalidate(namespace, version)  # type: ignore[union-attr]
+    _changed(state, namespace, version)
     return _state_of(state, namespace, await _memory(state, namespace))
