@@ -67,6 +67,7 @@ from prompt_store.errors import (
     NotFound,
     StoreUnavailable,
 )
+from prompt_store.lua import LUA_PRELUDE
 from prompt_store.records import (
     AddResult,
     ClassInfo,
@@ -101,10 +102,9 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _CONSISTENT_READ_ATTEMPTS = 20
 
 # Shared Lua helpers; KEYS[1] is always the namespace's meta key, P its key prefix.
-_LUA_COMMON = r"""
-local meta_key = KEYS[1]
-local P = string.sub(meta_key, 1, -5)
-
+_LUA_COMMON = (
+    LUA_PRELUDE
+    + r"""
 local function recompute(class, dim)
   local members = P .. 'members:' .. class
   local ids = redis.call('ZRANGE', members, 0, -1)
@@ -150,18 +150,8 @@ local function wipe()
   redis.call('DEL', P .. 'classes', P .. 'protos', P .. 'exemplars', P .. 'imgref', meta_key)
   return #ids
 end
-
-local function bump(event)
-  local v = redis.call('INCR', P .. 'version')
-  event['version'] = v
-  redis.call('PUBLISH', P .. 'events', cjson.encode(event))
-  return v
-end
-
-local function current_version()
-  return tonumber(redis.call('GET', P .. 'version') or '0')
-end
 """
+)
 
 # ARGV[1]: JSON header {ns, fingerprint, dim, now, mode, create, expected_version, kind, n_images,
 # n_ex}; then n_images pairs (hash, bytes); then n_ex groups of 9 (id, class, emb, image_hash,

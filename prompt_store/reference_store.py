@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prompt_store.errors import InvalidInput, ModelMismatch, NotFound
+from prompt_store.lua import LUA_PRELUDE
 from prompt_store.records import (
     image_hash,
     validate_fingerprint,
@@ -57,26 +58,12 @@ if TYPE_CHECKING:
 
 MAX_IMAGE_SIDE = 1_000_000
 
-_LUA_PRELUDE = r"""
-local meta_key = KEYS[1]
-local P = string.sub(meta_key, 1, -5)
-local function bump(event)
-  local v = redis.call('INCR', P .. 'version')
-  event['version'] = v
-  redis.call('PUBLISH', P .. 'events', cjson.encode(event))
-  return v
-end
-local function current_version()
-  return tonumber(redis.call('GET', P .. 'version') or '0')
-end
-"""
-
 # ARGV[1]: JSON header {ns, fingerprint, dim, feature_fingerprint, feature_dim, now, n, max_refs};
 # then n groups of 9: id, image_hash, width, height, rows, features, author, note, has_note.
 # Returns {'ok', version, flags} | {'mismatch', fp, dim} | {'feature_mismatch', fp, dim}
 # | {'too_many', current}.
 _LUA_ADD_REFERENCES = (
-    _LUA_PRELUDE
+    LUA_PRELUDE
     + r"""
 local h = cjson.decode(ARGV[1])
 for i = 1, h.n do
@@ -143,7 +130,7 @@ return {'ok', version, table.concat(flags)}
 
 # ARGV: ns, id. Returns {'ok', version} | {'no_namespace'} | {'not_found'}.
 _LUA_REMOVE_REFERENCE = (
-    _LUA_PRELUDE
+    LUA_PRELUDE
     + r"""
 if redis.call('EXISTS', meta_key) == 0 then return {'no_namespace'} end
 local id = ARGV[2]
@@ -160,7 +147,7 @@ return {'ok', v}
 # ARGV: ns, then pairs (field, value) of the overrides to keep; the others are removed.
 # Returns {'ok', version} | {'no_namespace'}.
 _LUA_SET_SETTINGS = (
-    _LUA_PRELUDE
+    LUA_PRELUDE
     + r"""
 if redis.call('EXISTS', meta_key) == 0 then return {'no_namespace'} end
 local A = P .. 'anomaly'

@@ -41,16 +41,27 @@ def _descending_steps(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, ends
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the precision-recall curve as a step sum: sum_k (R_k - R_{k-1}) P_k."""
+def _threshold_counts(
+    scores: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """True positives and predicted positives at each distinct threshold (high to low), and the
+    number of positives; None when there are no positives (the curves are undefined)."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel().astype(bool)
     n_pos = int(y.sum())
     if n_pos == 0:
-        return float("nan")
+        return None
     order, ends = _descending_steps(s)
     tp = np.cumsum(y[order])[ends].astype(np.float64)
-    predicted = (ends + 1).astype(np.float64)
+    return tp, (ends + 1).astype(np.float64), n_pos
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the precision-recall curve as a step sum: sum_k (R_k - R_{k-1}) P_k."""
+    counts = _threshold_counts(scores, labels)
+    if counts is None:
+        return float("nan")
+    tp, predicted, n_pos = counts
     precision = tp / predicted
     recall = tp / n_pos
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
@@ -58,14 +69,10 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
     """Best F1 over all thresholds."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel().astype(bool)
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    counts = _threshold_counts(scores, labels)
+    if counts is None:
         return float("nan")
-    order, ends = _descending_steps(s)
-    tp = np.cumsum(y[order])[ends].astype(np.float64)
-    predicted = (ends + 1).astype(np.float64)
+    tp, predicted, n_pos = counts
     f1 = 2 * tp / (predicted + n_pos)
     return float(f1.max())
 
