@@ -47,7 +47,17 @@ def build_model(cfg: ModelConfig | str = "small", pretrained: bool | None = None
     sspe = SSPE(d, cfg.num_heads, cfg.ffn_dim, cfg.spectrum_bins, cfg.spectrum_crop, cfg.dropout)
     pqs = PromptQuerySelector(cfg.num_queries, cfg.gumbel_tau)
     decoder = PromptDecoder(d, cfg.num_heads, cfg.ffn_dim, cfg.num_decoder_layers, cfg.dropout)
-    return UniSpector(backbone, pixel, sspe, pqs, decoder, cfg.in_norm_mean, cfg.in_norm_std)
+    return UniSpector(
+        backbone,
+        pixel,
+        sspe,
+        pqs,
+        decoder,
+        cfg.in_norm_mean,
+        cfg.in_norm_std,
+        cfg.relevance_score_weight,
+        cfg.relevance_scale,
+    )
 
 
 def build_criterion(loss: LossConfig | None = None, cfg: ModelConfig | None = None) -> SetCriterion:

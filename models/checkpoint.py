@@ -37,8 +37,10 @@ def deployable_state(model: UniSpector) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith(_UNUSED_PREFIXES)}
 
 
-def fingerprint(config: ModelConfig, state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+def fingerprint(config: ModelConfig | dict, state: dict[str, torch.Tensor]) -> str:
+    """sha256 of the config (as written in the file) and every weight."""
+    data = config.to_dict() if isinstance(config, ModelConfig) else config
+    h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
     for name in sorted(state):
         h.update(name.encode())
         h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
@@ -81,7 +83,11 @@ def load_model(path: str | Path, verify: bool = True) -> ModelFile:
         raise ValueError(f"{path} is not a {FORMAT} file")
     try:
         config = ModelConfig.from_dict(blob["config"])
-        matches = not verify or fingerprint(config, blob["state_dict"]) == blob["fingerprint"]
+        # The stored dict, not the rebuilt config: a file written before a config field existed
+        # keeps its fingerprint (ModelConfig.from_dict fills the field with its legacy value).
+        matches = (
+            not verify or fingerprint(blob["config"], blob["state_dict"]) == blob["fingerprint"]
+        )
     except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong kind
         raise ValueError(f"model file {path} is incomplete or malformed: {exc!r}") from exc
     if not matches:
@@ -113,3 +119,22 @@ def update_meta(path: str | Path, **values) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)
+
+
+def set_score_blend(path: str | Path, weight: float) -> str:
+    """Rewrite a model file to score detections with `relevance_score_weight = weight`
+    (atomically; weights untouched). Returns the new fingerprint.
+
+    The weight is part of the config, so the fingerprint changes with it; the stored score
+    threshold is dropped because it was calibrated for the old scores (recalibrate after this).
+    """
+    path = Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    config = ModelConfig.from_dict({**blob["config"], "relevance_score_weight": weight})
+    blob["config"] = config.to_dict()
+    blob["fingerprint"] = fingerprint(config, blob["state_dict"])
+    blob["meta"] = {k: v for k, v in blob.get("meta", {}).items() if k != "score_threshold"}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return blob["fingerprint"]

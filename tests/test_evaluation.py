@@ -58,3 +58,26 @@ def test_evaluate_script_reports_ap_beating_chance(tiny_run, tmp_path):
     assert {"per_class", "mean", "false_alarm_rate"} <= set(report["baseline"])
     assert report["settings"]["prompts_per_class"] == 3
     assert len(report["runs"]) == 2
+
+
+@pytest.mark.slow
+def test_baseline_scored_alone_equals_the_baseline_beside_a_model(tiny_run, tmp_path):
+    """open_set.py caches the baseline per split and reuses it across models: that is only sound
+    if the baseline scored alone is exactly the one scored beside a model on the same split."""
+    from models.data.loading import load_dataset
+    from models.evaluation.runner import EvalSettings, evaluate, evaluate_baseline
+    from models.predictor import TorchPredictor
+
+    write_folder(TinySet(16, seed=11, free=4), tmp_path / "data")
+    ds = load_dataset(str(tmp_path / "data"))
+    settings = EvalSettings(prompts_per_class=2, seeds=(42,), classes=("spot",))
+    joint = evaluate(TorchPredictor.load(tiny_run.model_path), ds, settings, progress=False)
+    alone = evaluate_baseline(ds, settings, progress=False)
+    assert alone["mean"] == joint["baseline"]["mean"]
+    assert alone["runs"][0]["prompts"] == joint["runs"][0]["prompts"]
+
+    def scores(run: dict) -> dict:  # everything but the timing
+        return {k: v for k, v in run["baseline"].items() if k != "images_per_s"}
+
+    assert scores(alone["runs"][0]) == scores(joint["runs"][0])
+    assert "model" not in alone["runs"][0]

@@ -53,3 +53,26 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
         assert torch.equal(tensor, second.model.state_dict()[name]), name
     final = second.run(progress=False)
     assert second.step == 4 and final.exists()
+
+
+def test_a_frozen_backbone_keeps_its_imagenet_weights_and_statistics(tmp_path):
+    """With every block frozen (the small preset), training moves the new parts only: the ImageNet
+    features the prompts are matched in stay exactly as shipped, BatchNorm statistics included."""
+    from models.config import get_preset
+    from models.training.episodes import EpisodeConfig
+    from models.training.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=2, episode=EpisodeConfig(batch_size=2))
+    model_cfg = get_preset("small", freeze_backbone_blocks=16, image_size=128)
+    trainer = Trainer(model_cfg, cfg, [(TinySet(8, seed=2), 1.0)], tmp_path)
+    blocks = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    decoder = {k: v.clone() for k, v in trainer.model.decoder.state_dict().items()}
+    trainer.train_step()
+    trainer.train_step()
+    for name, tensor in trainer.model.backbone.state_dict().items():
+        assert torch.equal(tensor, blocks[name]), f"frozen backbone tensor {name} changed"
+    moved = [
+        k for k, v in trainer.model.decoder.state_dict().items() if not torch.equal(v, decoder[k])
+    ]
+    assert moved, "the decoder did not train"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -63,7 +63,7 @@ def _summary(gt, preds, classes, free_ids, defect_ids, threshold) -> dict:
 
 
 def evaluate_seed(
-    predictor: TorchPredictor,
+    predictor: TorchPredictor | None,
     ds: DefectDataset,
     classes: Sequence[str],
     seed: int,
@@ -73,7 +73,7 @@ def evaluate_seed(
     by_id = {r.image_id: r for r in ds.records}
     split = split_prompts(ds.records, classes, settings.prompts_per_class, seed)
     material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in classes}
-    protos = class_prototypes(predictor, material)
+    protos = class_prototypes(predictor, material) if predictor is not None else None
     gt: dict[str, tuple[int, int, list[Instance]]] = {}
     model_preds: list[Prediction] = []
     base_preds: list[Prediction] = []
@@ -91,10 +91,12 @@ def evaluate_seed(
                 image.shape[1],
                 [x for x in inst if x.class_name in classes],
             )
-        t0 = time.perf_counter()
-        dets = predictor.detect([im for im, _ in loaded], protos, AP_SCORE_FLOOR)
-        model_time += time.perf_counter() - t0
-        for image_id, det in zip(ids, dets, strict=True):
+        dets = []
+        if predictor is not None:
+            t0 = time.perf_counter()
+            dets = predictor.detect([im for im, _ in loaded], protos, AP_SCORE_FLOOR)
+            model_time += time.perf_counter() - t0
+        for image_id, det in zip(ids, dets, strict=False):
             for j in range(len(det)):
                 model_preds.append(
                     Prediction(
@@ -112,16 +114,12 @@ def evaluate_seed(
             base_time += time.perf_counter() - t0
     free = [i for i in queries if not gt[i][2]]
     defect = [i for i in queries if gt[i][2]]
-    thr = predictor.score_threshold
-    result = {
-        "seed": seed,
-        "prompts": split.prompts,
-        "queries": len(queries),
-        "model": {
-            **_summary(gt, model_preds, list(classes), free, defect, thr),
+    result: dict = {"seed": seed, "prompts": split.prompts, "queries": len(queries)}
+    if predictor is not None:
+        result["model"] = {
+            **_summary(gt, model_preds, list(classes), free, defect, predictor.score_threshold),
             "images_per_s": len(queries) / max(model_time, 1e-9),
-        },
-    }
+        }
     if matcher is not None:
         base_thr = matcher.config.min_score
         result["baseline"] = {
@@ -172,3 +170,19 @@ def evaluate(
     if settings.baseline:
         report["baseline"] = _mean_over_seeds(runs, "baseline", classes)
     return report
+
+
+def evaluate_baseline(ds: DefectDataset, settings: EvalSettings, progress: bool = True) -> dict:
+    """The template-matching baseline alone, on the same prompt splits as `evaluate`.
+
+    It depends on the data, the classes and the prompt seeds only, never on a model, so an
+    experiment that trains several models on one split scores the baseline once and reuses it.
+    """
+    classes = list(settings.classes or ds.class_names)
+    settings = replace(settings, baseline=True)
+    runs = [evaluate_seed(None, ds, classes, s, settings, progress) for s in settings.seeds]
+    return {
+        **_mean_over_seeds(runs, "baseline", classes),
+        "settings": {**asdict(settings), "classes": classes, "dataset": ds.name},
+        "runs": [{k: r[k] for k in ("seed", "prompts", "queries", "baseline")} for r in runs],
+    }
