@@ -55,18 +55,14 @@ def save_model(
     fp = fingerprint(config, state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {
-            "format": FORMAT,
-            "config": config.to_dict(),
-            "state_dict": state,
-            "fingerprint": fp,
-            "meta": meta or {},
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    blob = {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "state_dict": state,
+        "fingerprint": fp,
+        "meta": meta or {},
+    }
+    _write_atomic(blob, path)
     return fp
 
 
@@ -116,9 +112,7 @@ def update_meta(path: str | Path, **values) -> None:
     path = Path(path)
     blob = torch.load(path, map_location="cpu", weights_only=True)
     blob["meta"] = {**blob.get("meta", {}), **values}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    _write_atomic(blob, path)
 
 
 def set_score_blend(path: str | Path, weight: float) -> str:
@@ -134,7 +128,12 @@ def set_score_blend(path: str | Path, weight: float) -> str:
     blob["config"] = config.to_dict()
     blob["fingerprint"] = fingerprint(config, blob["state_dict"])
     blob["meta"] = {k: v for k, v in blob.get("meta", {}).items() if k != "score_threshold"}
+    _write_atomic(blob, path)
+    return blob["fingerprint"]
+
+
+def _write_atomic(blob: dict, path: Path) -> None:
+    """Temp file + rename: an interruption never leaves half a model file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)
-    return blob["fingerprint"]

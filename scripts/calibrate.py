@@ -54,8 +54,8 @@ def main() -> None:
     }
     if not args.dry_run:
         if args.score_blend is not None:
-            info["fingerprint"] = set_score_blend(args.model, args.score_blend)
-        update_meta(args.model, **{k: v for k, v in info.items() if k != "fingerprint"})
+            print(json.dumps({"fingerprint": set_score_blend(args.model, args.score_blend)}))
+        update_meta(args.model, **info)
     print(json.dumps(info, indent=2))
 
 

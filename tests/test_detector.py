@@ -158,30 +158,26 @@ def test_training_mode_keeps_the_decoder_logits_for_the_loss():
 def test_a_model_file_older_than_the_blend_loads_unchanged(tmp_path):
     """Files written before `relevance_score_weight` existed keep their fingerprint and keep
     scoring by the decoder alone, the way they were calibrated."""
-    import hashlib
-    import json
+    from models.checkpoint import fingerprint
 
     torch.manual_seed(0)
     net = build_model(TINY).eval()
     cfg = {k: v for k, v in TINY.to_dict().items() if k != "relevance_score_weight"}
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].contiguous().numpy().tobytes())
+    fp = fingerprint(cfg, state)  # as the file was written then: over the config without the field
     path = tmp_path / "old.pt"
     torch.save(
         {
             "format": "unispector-model/1",
             "config": cfg,
             "state_dict": state,
-            "fingerprint": h.hexdigest(),
+            "fingerprint": fp,
             "meta": {},
         },
         path,
     )
     loaded = load_model(path)
-    assert loaded.fingerprint == h.hexdigest()
+    assert loaded.fingerprint == fp
     assert loaded.config.relevance_score_weight == 0.0 and loaded.model.relevance_weight == 0.0
 
 
