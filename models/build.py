@@ -57,6 +57,7 @@ def build_model(cfg: ModelConfig | str = "small", pretrained: bool | None = None
         cfg.in_norm_std,
         cfg.relevance_score_weight,
         cfg.relevance_scale,
+        cfg.background_weight,
     )
 
 

@@ -115,16 +115,22 @@ def update_meta(path: str | Path, **values) -> None:
     _write_atomic(blob, path)
 
 
-def set_score_blend(path: str | Path, weight: float) -> str:
-    """Rewrite a model file to score detections with `relevance_score_weight = weight`
-    (atomically; weights untouched). Returns the new fingerprint.
+SCORING_FIELDS = ("relevance_score_weight", "background_weight")
 
-    The weight is part of the config, so the fingerprint changes with it; the stored score
+
+def set_scoring(path: str | Path, **fields: float) -> str:
+    """Rewrite a model file's inference scoring (`SCORING_FIELDS` of its config), atomically and
+    with the weights untouched. Returns the new fingerprint.
+
+    The scoring is part of the config, so the fingerprint changes with it; the stored score
     threshold is dropped because it was calibrated for the old scores (recalibrate after this).
     """
+    unknown = set(fields) - set(SCORING_FIELDS)
+    if unknown:
+        raise ValueError(f"not scoring fields: {sorted(unknown)}; choose from {SCORING_FIELDS}")
     path = Path(path)
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    config = ModelConfig.from_dict({**blob["config"], "relevance_score_weight": weight})
+    config = ModelConfig.from_dict({**blob["config"], **fields})
     blob["config"] = config.to_dict()
     blob["fingerprint"] = fingerprint(config, blob["state_dict"])
     blob["meta"] = {k: v for k, v in blob.get("meta", {}).items() if k != "score_threshold"}

@@ -33,9 +33,11 @@ class UniSpector(nn.Module):
         std: tuple[float, float, float],
         relevance_weight: float = 0.0,
         relevance_scale: float = 10.0,
+        background_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.relevance_weight, self.relevance_scale = relevance_weight, relevance_scale
+        self.background_weight = background_weight
         self.backbone = backbone
         self.pixel_encoder = pixel_encoder
         self.prompt_encoder = prompt_encoder
@@ -69,8 +71,16 @@ class UniSpector(nn.Module):
             self.normalise(images), feats.prompt_map, boxes, region_masks, batch_index
         )
 
-    def detect(self, feats: PixelFeatures, prototypes: Tensor) -> dict:
-        """Decode detections from already-encoded image features; prototypes (C, d) or (B, C, d)."""
+    def image_background(self, images: Tensor, feats: PixelFeatures) -> Tensor:
+        """(B, d): each whole input image encoded as one prompt region, i.e. what the ordinary
+        surface of that image looks like in prompt space (a defect covers a small part of it)."""
+        return self.prompt_encoder.whole_image(self.normalise(images), feats.prompt_map)
+
+    def detect(
+        self, feats: PixelFeatures, prototypes: Tensor, background: Tensor | None = None
+    ) -> dict:
+        """Decode detections from already-encoded image features; prototypes (C, d) or (B, C, d);
+        `background` (B, d) from `image_background`, used by the inference score only."""
         b = feats.tokens.shape[0]
         if prototypes.dim() == 2:
             prototypes = prototypes[None].expand(b, -1, -1)
@@ -81,29 +91,49 @@ class UniSpector(nn.Module):
         )
         out["relevance"] = sel.relevance
         out["token_class_cos"] = sel.token_class_cos
-        if not self.training and self.relevance_weight > 0:
-            out["pred_logits"] = self.fused_logits(
-                out["pred_logits"], sel.token_class_cos, sel.index
+        if not self.training:
+            out["pred_logits"] = self.inference_logits(
+                out["pred_logits"], sel.token_class_cos, sel.index, feats.tokens, background
             )
         return out
 
-    def fused_logits(self, logits: Tensor, token_cos: Tensor, index: Tensor) -> Tensor:
-        """Inference scores: the decoder's class probability blended (geometric mean, weight w) with
-        the probability that the query's source token lies on the prompted class, read from the
-        token relevance the token loss trains: sigmoid((cos - 0.5) * scale).
+    def inference_logits(
+        self,
+        logits: Tensor,
+        token_cos: Tensor,
+        index: Tensor,
+        tokens: Tensor,
+        background: Tensor | None,
+    ) -> Tensor:
+        """Inference scores as logits (so every backend and the postprocessing stay unchanged):
 
-        Why: on classes held out of training the token relevance ranks detections far better than
-        the decoder's class head (magnetic tiles, split 42 / 82: unseen AP50 box 6.6 -> 10.9 and
-        1.3 -> 10.1; a seen class 31.5 -> 44.1), because it is a direct prompt-to-feature cosine
-        while the class head needs many more steps than a CPU budget gives. Returned as logits so
-        every backend and the postprocessing stay unchanged.
+            p = p_dec^(1 - w) * p_tok^w * (1 - p_bg)^b
+
+        - p_dec: the decoder's class probability.
+        - p_tok = sigmoid((cos(token, prototype) - 0.5) * scale): the probability, trained by the
+          token loss, that the query's source token lies on the prompted class. On classes held
+          out of training it ranks detections far better than the class head (magnetic tiles,
+          splits 42 / 82: unseen AP50 box 6.6 -> 10.9 and 1.3 -> 10.1), because it is a direct
+          prompt-to-feature cosine while the class head needs more steps than a CPU budget gives.
+        - p_bg: the same probability against the image's own background embedding. A token that
+          matches the prompt only as well as it matches the rest of its image is ordinary
+          surface, not a defect; this is what silences texture on defect-free tiles.
+        With w = b = 0 (files written before these fields) the decoder logits pass unchanged.
         """
-        c = token_cos.shape[-1]
-        cos = token_cos.gather(1, index[..., None].expand(-1, -1, c))  # (B, K, C)
-        log_tok = F.logsigmoid((cos - 0.5) * self.relevance_scale)
-        log_dec = F.logsigmoid(logits)
-        w = self.relevance_weight
-        log_p = (1 - w) * log_dec + w * log_tok
+        w, bw = self.relevance_weight, self.background_weight
+        use_bg = background is not None and bw > 0
+        if w == 0 and not use_bg:
+            return logits
+        log_p = F.logsigmoid(logits)
+        if w > 0:
+            c = token_cos.shape[-1]
+            cos = token_cos.gather(1, index[..., None].expand(-1, -1, c))  # (B, K, C)
+            log_tok = F.logsigmoid((cos - 0.5) * self.relevance_scale)
+            log_p = (1 - w) * log_p + w * log_tok
+        if use_bg:
+            chosen = tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+            bg_cos = F.normalize(chosen, dim=-1) @ F.normalize(background, dim=-1)[..., None]
+            log_p = log_p + bw * F.logsigmoid(-(bg_cos - 0.5) * self.relevance_scale)
         p = torch.exp(log_p).clamp(max=1 - 1e-6)  # p < 1 keeps log(1 - p) finite
         return log_p - torch.log(1 - p)  # logit(p); ops every exporter supports
 
@@ -114,4 +144,8 @@ class UniSpector(nn.Module):
         pred_masks (B, Q, S/4, S/4) logits, aux (earlier decoder layers), relevance (B, N) and
         token_class_cos (B, N, C).
         """
-        return self.detect(self.encode_image(images), prototypes)
+        feats = self.encode_image(images)
+        background = None
+        if not self.training and self.background_weight > 0:
+            background = self.image_background(images, feats)
+        return self.detect(feats, prototypes, background)

@@ -34,7 +34,6 @@ from models.runtime.base import (
     GRAPH_PROMPT_ENCODER,
     ModelInfo,
 )
-from models.sspe import crop_regions, radial_spectrum_dft, shifted_dft_matrices
 
 DEFAULT_OPSET = 17  # LayerNormalization is native from 17; GridSample from 16
 DETECTOR_INPUTS = ("images", "prototypes")
@@ -61,20 +60,15 @@ class PromptEncoderGraph(nn.Module):
     def __init__(self, model: UniSpector) -> None:
         super().__init__()
         self.model = model
-        cos, sin = shifted_dft_matrices(model.prompt_encoder.crop)
-        self.register_buffer("dft_cos", cos, persistent=False)
-        self.register_buffer("dft_sin", sin, persistent=False)
 
     def forward(self, image: Tensor, boxes: Tensor, region_masks: Tensor) -> Tensor:
         """image (1, 3, S, S) in [0, 1]; boxes (R, 4) normalised xyxy; region_masks (R, S, S)."""
-        m, sspe = self.model, self.model.prompt_encoder
+        m = self.model
         batch_index = torch.zeros_like(boxes[:, 0], dtype=torch.long)  # (R,) all regions on image 0
         feats = m.encode_image(image)
-        crops = crop_regions(m.normalise(image), boxes, batch_index, sspe.crop)
-        spectrum = radial_spectrum_dft(
-            crops, sspe.bin_weights, sspe.window, (self.dft_cos, self.dft_sin)
+        return m.prompt_encoder.forward_exportable(
+            m.normalise(image), feats.prompt_map, boxes, region_masks, batch_index
         )
-        return sspe.fuse(spectrum, feats.prompt_map, region_masks, batch_index)
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,10 @@ class SpatialPromptEncoder(nn.Module):
         # Guarantee one cell: the one holding the region's strongest (e.g. largest) response.
         pooled = F.adaptive_avg_pool2d(region_masks[:, None].float(), (h, w)).flatten(1)
         top = F.one_hot(pooled.argmax(dim=1), h * w).to(cells.dtype)
-        inside = torch.maximum(cells, top)  # (R, h*w)
+        return self.attend(feat_map, torch.maximum(cells, top), batch_index)
+
+    def attend(self, feat_map: Tensor, inside: Tensor, batch_index: Tensor) -> Tensor:
+        """feat_map (B, d, h, w); inside (R, h*w) in {0, 1}, at least one cell each -> (R, d)."""
         tokens = feat_map.flatten(2).transpose(1, 2)[batch_index]  # (R, h*w, d)
         mean = (tokens * inside[..., None]).sum(1) / inside.sum(1, keepdim=True)  # (R, d)
         q = mean[:, None] + self.query  # (R, 1, d)
@@ -149,6 +152,9 @@ class SSPE(nn.Module):
         self.crop = crop
         self.register_buffer("bin_weights", radial_bin_weights(crop, bins), persistent=False)
         self.register_buffer("window", circular_window(crop), persistent=False)
+        cos, sin = shifted_dft_matrices(crop)
+        self.register_buffer("dft_cos", cos, persistent=False)
+        self.register_buffer("dft_sin", sin, persistent=False)
         self.spectral = RadialFrequencyEncoder(bins, dim)
         self.spatial = SpatialPromptEncoder(dim, heads, ffn, dropout)
         self.f_align = MLP(dim, dim, dim, 2)
@@ -168,11 +174,41 @@ class SSPE(nn.Module):
         spectrum = radial_spectrum(crops, self.bin_weights, self.window)
         return self.fuse(spectrum, feat_map, region_masks, batch_index)
 
+    def forward_exportable(
+        self,
+        images: Tensor,
+        feat_map: Tensor,
+        boxes: Tensor,
+        region_masks: Tensor,
+        batch_index: Tensor,
+    ) -> Tensor:
+        """`forward` with the FFT written as DFT matmuls: the form inside exported graphs."""
+        crops = crop_regions(images, boxes, batch_index, self.crop)
+        spectrum = radial_spectrum_dft(
+            crops, self.bin_weights, self.window, (self.dft_cos, self.dft_sin)
+        )
+        return self.fuse(spectrum, feat_map, region_masks, batch_index)
+
+    def whole_image(self, images: Tensor, feat_map: Tensor) -> Tensor:
+        """(B, d): each whole image as one region, in exportable form (no mask pooling, which
+        needs static shapes, and no torch.fft)."""
+        b = images.shape[0]
+        boxes = images.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(b, 4)
+        index = torch.arange(b, device=images.device)
+        crops = crop_regions(images, boxes, index, self.crop)
+        spectrum = radial_spectrum_dft(
+            crops, self.bin_weights, self.window, (self.dft_cos, self.dft_sin)
+        )
+        inside = torch.ones_like(feat_map[:, 0].flatten(1))  # (B, h*w)
+        return self.combine(spectrum, self.spatial.attend(feat_map, inside, index))
+
     def fuse(
         self, spectrum: Tensor, feat_map: Tensor, region_masks: Tensor, batch_index: Tensor
     ) -> Tensor:
         """Radial spectra (R, J) and the spatial path -> (R, d) unit embeddings; shared by
         `forward` and the export wrapper (which computes the spectrum without torch.fft)."""
-        z_spec = self.spectral(spectrum)
-        z_spat = self.spatial(feat_map, region_masks, batch_index)
-        return F.normalize(self.f_align(z_spat) + self.v_align(z_spec), dim=-1)
+        return self.combine(spectrum, self.spatial(feat_map, region_masks, batch_index))
+
+    def combine(self, spectrum: Tensor, z_spat: Tensor) -> Tensor:
+        """Radial spectra (R, J) and spatial codes (R, d) -> (R, d) unit embeddings."""
+        return F.normalize(self.f_align(z_spat) + self.v_align(self.spectral(spectrum)), dim=-1)

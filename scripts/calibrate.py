@@ -3,9 +3,10 @@
     python scripts/calibrate.py --model runs/default/model.pt \
         --data ../shared/datasets/magnetic_tile --target-rate 0.03
 
-`--score-blend W` first switches the file to blended scores (ModelConfig.relevance_score_weight:
-decoder probability^(1-W) x token relevance^W), then calibrates the threshold for them; the file's
-fingerprint changes with it.
+`--score-blend W` and `--background-weight B` first switch the file's inference score
+(ModelConfig.relevance_score_weight and background_weight: decoder probability^(1-W) x token
+relevance^W x (1 - the token's match to its own image)^B), then calibrate the threshold for it; the
+file's fingerprint changes with them.
 
 The threshold is the score exceeded by at most TARGET_RATE of the calibration images (a fixed
 30% hash-chosen share of the defect-free images) with every class of the dataset prompted.
@@ -18,7 +19,7 @@ import json
 
 import numpy as np
 
-from models.checkpoint import set_score_blend, update_meta
+from models.checkpoint import set_scoring, update_meta
 from models.data.loading import load_dataset
 from models.evaluation.calibration import CALIBRATION_SHARE, max_scores, threshold_for
 from models.predictor import TorchPredictor
@@ -31,14 +32,29 @@ def main() -> None:
     p.add_argument("--target-rate", type=float, default=0.03)
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 82, 777])
     p.add_argument("--score-blend", type=float, default=None, help="set the score blend W first")
+    p.add_argument(
+        "--background-weight", type=float, default=None, help="set the background weight B first"
+    )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
-    if args.score_blend is not None and not 0 <= args.score_blend <= 1:
-        p.error("--score-blend must lie in [0, 1]")
+    scoring = {
+        k: v
+        for k, v in (
+            ("relevance_score_weight", args.score_blend),
+            ("background_weight", args.background_weight),
+        )
+        if v is not None
+    }
+    if any(not 0 <= v <= 1 for v in scoring.values()):
+        p.error("--score-blend and --background-weight must lie in [0, 1]")
     ds = load_dataset(args.data)
     predictor = TorchPredictor.load(args.model)
-    if args.score_blend is not None:
-        predictor.model.relevance_weight = args.score_blend  # score as the rewritten file will
+    predictor.model.relevance_weight = scoring.get(  # score as the rewritten file will
+        "relevance_score_weight", predictor.model.relevance_weight
+    )
+    predictor.model.background_weight = scoring.get(
+        "background_weight", predictor.model.background_weight
+    )
     scores = max_scores(predictor, ds, args.seeds)
     thr = threshold_for(scores, args.target_rate)
     info = {
@@ -53,8 +69,8 @@ def main() -> None:
         },
     }
     if not args.dry_run:
-        if args.score_blend is not None:
-            print(json.dumps({"fingerprint": set_score_blend(args.model, args.score_blend)}))
+        if scoring:
+            print(json.dumps({"fingerprint": set_scoring(args.model, **scoring)}))
         update_meta(args.model, **info)
     print(json.dumps(info, indent=2))
 

@@ -114,15 +114,24 @@ def test_paper_preset_builds_and_runs_a_forward_pass():
     assert out["pred_logits"].shape == (1, 300, 4)
 
 
-def _outputs(weight: float, images: torch.Tensor, protos: torch.Tensor) -> dict:
+def _outputs(
+    weight: float, images: torch.Tensor, protos: torch.Tensor, background: float = 0.0
+) -> dict:
     from dataclasses import replace
 
     torch.manual_seed(0)
-    net = build_model(replace(TINY, relevance_score_weight=weight)).eval()
+    cfg = replace(TINY, relevance_score_weight=weight, background_weight=background)
+    net = build_model(cfg).eval()
     with torch.no_grad():
         feats = net.encode_image(images)
         sel = net.query_selector(feats.tokens, protos[None].expand(len(images), -1, -1))
-        return {**net(images, protos), "index": sel.index}
+        chosen = feats.tokens.gather(1, sel.index[..., None].expand(-1, -1, feats.tokens.shape[-1]))
+        return {
+            **net(images, protos),
+            "index": sel.index,
+            "chosen": chosen,
+            "background": net.image_background(images, feats),
+        }
 
 
 def test_inference_score_blends_decoder_and_token_relevance():
@@ -137,6 +146,36 @@ def test_inference_score_blends_decoder_and_token_relevance():
     assert torch.allclose(tok["pred_logits"].sigmoid(), p_tok, atol=1e-5)
     assert torch.allclose(half["pred_logits"].sigmoid(), (p_dec * p_tok).sqrt(), atol=1e-5)
     assert torch.equal(dec["pred_boxes"], tok["pred_boxes"])  # scores change, detections do not
+
+
+def test_background_suppression_discounts_tokens_that_look_like_their_own_image():
+    """With background weight 1 each score is multiplied by 1 - p_bg, p_bg being the probability
+    that the query's source token matches its own image's background embedding; the boxes and
+    masks stay as they were."""
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(6))
+    protos = F.normalize(torch.randn(3, 64, generator=torch.Generator().manual_seed(7)), dim=-1)
+    off, on = (_outputs(1.0, images, protos, background=b) for b in (0.0, 1.0))
+    bg_cos = F.cosine_similarity(off["chosen"], off["background"][:, None], dim=-1)  # (B, K)
+    p_bg = torch.sigmoid((bg_cos - 0.5) * TINY.relevance_scale)[..., None]
+    expected = off["pred_logits"].sigmoid() * (1 - p_bg)
+    assert torch.allclose(on["pred_logits"].sigmoid(), expected, atol=1e-5)
+    assert (on["pred_logits"] <= off["pred_logits"]).all()  # never raises a score
+    assert torch.equal(on["pred_boxes"], off["pred_boxes"])
+    assert torch.equal(on["pred_masks"], off["pred_masks"])
+
+
+def test_the_background_embedding_is_the_whole_image_as_a_prompt_region():
+    """The in-graph background (DFT spectrum) equals encoding the whole input image as an
+    exemplar through the prompt encoder (torch.fft spectrum), up to float32 rounding."""
+    torch.manual_seed(0)
+    net = build_model(TINY).eval()
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        feats = net.encode_image(images)
+        bg = net.image_background(images, feats)
+        boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
+        ref = net.encode_prompts(images, boxes, torch.ones(2, 128, 128), torch.arange(2), feats)
+    assert torch.allclose(bg, ref, atol=1e-4)
 
 
 def test_training_mode_keeps_the_decoder_logits_for_the_loss():
@@ -162,7 +201,8 @@ def test_a_model_file_older_than_the_blend_loads_unchanged(tmp_path):
 
     torch.manual_seed(0)
     net = build_model(TINY).eval()
-    cfg = {k: v for k, v in TINY.to_dict().items() if k != "relevance_score_weight"}
+    new_fields = ("relevance_score_weight", "background_weight")
+    cfg = {k: v for k, v in TINY.to_dict().items() if k not in new_fields}
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     fp = fingerprint(cfg, state)  # as the file was written then: over the config without the field
     path = tmp_path / "old.pt"
@@ -179,19 +219,33 @@ def test_a_model_file_older_than_the_blend_loads_unchanged(tmp_path):
     loaded = load_model(path)
     assert loaded.fingerprint == fp
     assert loaded.config.relevance_score_weight == 0.0 and loaded.model.relevance_weight == 0.0
+    assert loaded.config.background_weight == 0.0 and loaded.model.background_weight == 0.0
 
 
-def test_switching_a_file_to_blended_scores_drops_its_stale_threshold(tmp_path):
+def test_switching_a_files_scoring_drops_its_stale_threshold(tmp_path):
     from dataclasses import replace
 
-    from models.checkpoint import set_score_blend
+    from models.checkpoint import set_scoring
 
     torch.manual_seed(0)
-    cfg = replace(TINY, relevance_score_weight=0.0)
+    cfg = replace(TINY, relevance_score_weight=0.0, background_weight=0.0)
     path = tmp_path / "m.pt"
     old_fp = save_model(build_model(cfg).eval(), cfg, path, {"score_threshold": 0.4, "note": "x"})
-    new_fp = set_score_blend(path, 1.0)
+    new_fp = set_scoring(path, relevance_score_weight=1.0, background_weight=1.0)
     loaded = load_model(path)  # the fingerprint check passes
     assert loaded.fingerprint == new_fp != old_fp
-    assert loaded.model.relevance_weight == 1.0
+    assert loaded.model.relevance_weight == 1.0 and loaded.model.background_weight == 1.0
     assert "score_threshold" not in loaded.meta and loaded.meta["note"] == "x"
+
+
+def test_only_scoring_fields_can_be_switched_in_place(tmp_path):
+    """Changing anything else would silently mismatch the stored weights: refused, file intact."""
+    from models.checkpoint import set_scoring
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    save_model(build_model(TINY).eval(), TINY, path, {"score_threshold": 0.4})
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="not scoring fields"):
+        set_scoring(path, embed_dim=32)
+    assert path.read_bytes() == before
