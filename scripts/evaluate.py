@@ -65,6 +65,8 @@ def main() -> None:
         "false_alarm_rate": report["false_alarm_rate"],
         "image_recall": report["image_recall"],
         "images_per_s": report["images_per_s"],
+        "ap50_defect_images_only": report["ap50_defect_images_only"],
+        "box_recall_ceiling": report["box_recall_ceiling"],
     }
     if "baseline" in report:
         summary["baseline"] = report["baseline"]["mean"]

@@ -1,4 +1,5 @@
-"""AP50 via pycocotools, and the false-alarm and recall rates used for a pass/reject verdict."""
+"""AP50 via pycocotools, the false-alarm and recall rates used for a pass/reject verdict, and the
+box-recall ceiling that separates localisation from ranking."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from models.data.instances import box_mask
 from models.data.records import Instance
 from models.evaluation.metrics import (
     Prediction,
+    box_recall_ceiling,
     evaluate_ap50,
     false_alarm_rate,
     image_recall,
@@ -94,3 +96,17 @@ def test_image_recall() -> None:
     predictions = [p for p in _perfect() if p.image_id == "img1"]
     assert image_recall(predictions, ["img1", "img2"], threshold=0.5) == 0.5
     assert image_recall(predictions, ["img1", "img2"], threshold=0.95) == 0.0
+
+
+def test_box_recall_ceiling_counts_localised_instances_whatever_their_score() -> None:
+    assert box_recall_ceiling(_ground_truth(), _perfect(score=0.01)) == pytest.approx(1.0)
+    predictions = _perfect()
+    # the first scratch box shifted by 12 of its 20 px: IoU 8/32 < 0.5, localised at 0.2 only
+    shifted = predictions[0].box + np.array([12, 0, 12, 0], np.float32)
+    predictions[0] = Prediction("img1", "scratch", 0.9, shifted, None)
+    assert box_recall_ceiling(_ground_truth(), predictions) == pytest.approx(2 / 3)
+    assert box_recall_ceiling(_ground_truth(), predictions, iou_threshold=0.2) == pytest.approx(1.0)
+    # a box on the right spot under the wrong class name does not count
+    renamed = [Prediction(p.image_id, "pit", p.score, p.box, None) for p in _perfect()]
+    assert box_recall_ceiling(_ground_truth(), renamed) == pytest.approx(1 / 3)
+    assert math.isnan(box_recall_ceiling({"free1": (H, W, [])}, []))

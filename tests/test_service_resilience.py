@@ -66,6 +66,17 @@ def _wait_for(predicate, timeout, what):
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def _assert_same_detections(got: list[dict], want: list[dict]) -> None:
+    """Same prototypes give the same detections. The score may differ in the last float digits:
+    a request batched with others runs the graph at another batch size."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert {k: v for k, v in g.items() if k != "score"} == {
+            k: v for k, v in w.items() if k != "score"
+        }
+        assert g["score"] == pytest.approx(w["score"], rel=1e-5)
+
+
 def test_redis_outage_keeps_inspecting_refuses_writes_and_recovers(
     services, redis_own, tiny_image_bytes
 ):
@@ -101,7 +112,7 @@ def test_redis_outage_keeps_inspecting_refuses_writes_and_recovers(
             during = api.post("/v1/inspect", params={"namespace": ns}, content=query)
             assert during.status_code == 200
             assert during.json()["prompts"]["degraded"] is True
-            assert during.json()["detections"] == first["detections"]  # same prototypes
+            _assert_same_detections(during.json()["detections"], first["detections"])
             metrics = api.get("/metrics").text
             assert "inspect_prompt_store_up 0.0" in metrics
             data, instances = tiny_image_bytes(2)
@@ -127,6 +138,8 @@ def test_redis_outage_keeps_inspecting_refuses_writes_and_recovers(
         finally:
             stop.set()
             thread.join()
+            if not redis_own.running:  # a failure above must not leave the next tests storeless
+                redis_own.start()
     counts = Counter(statuses)
     assert set(counts) == {200}, counts  # no inspection failed during the outage
     assert counts[200] >= 10

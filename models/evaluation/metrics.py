@@ -1,4 +1,5 @@
-"""AP50 for boxes and masks (the InsA numbers) and the two rates a production line cares about.
+"""AP50 for boxes and masks (the InsA numbers), the two rates a production line cares about, and
+the box-recall ceiling that tells localisation apart from ranking when AP50 is low.
 
 AP is computed by pycocotools, not re-implemented, so the numbers are comparable with the paper's:
 IoU 0.5 only, all areas, at most 100 detections per image. Defect-free images take part as images
@@ -13,10 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from models.box_ops import box_iou
 from models.data.records import Instance
 
 MAX_DETECTIONS = 100
@@ -189,3 +192,28 @@ def image_recall(
     if not defective:
         return float("nan")
     return len(_images_hit(predictions, threshold) & defective) / len(defective)
+
+
+def box_recall_ceiling(
+    gt: GroundTruth, predictions: Iterable[Prediction], iou_threshold: float = IOU_THRESHOLD
+) -> float:
+    """Share of ground-truth instances that some prediction of their class overlaps at box IoU >=
+    `iou_threshold`, whatever its score: the recall AP50 could reach with a perfect ranking.
+
+    Far below 1 means the boxes are the problem (small or oddly shaped defects), not the scores.
+    """
+    by_image: dict[tuple[str, str], list[np.ndarray]] = {}
+    for p in predictions:
+        by_image.setdefault((p.image_id, p.class_name), []).append(np.asarray(p.box, np.float64))
+    found = total = 0
+    for image_id, (_, _, instances) in gt.items():
+        for inst in instances:
+            total += 1
+            boxes = by_image.get((image_id, inst.class_name))
+            if boxes:
+                iou = box_iou(
+                    torch.as_tensor(np.asarray(inst.box, np.float64)[None]),
+                    torch.as_tensor(np.stack(boxes)),
+                )
+                found += bool((iou >= iou_threshold).any())
+    return found / total if total else float("nan")
