@@ -202,18 +202,16 @@ def box_recall_ceiling(
 
     Far below 1 means the boxes are the problem (small or oddly shaped defects), not the scores.
     """
-    by_image: dict[tuple[str, str], list[np.ndarray]] = {}
+    by_key: dict[tuple[str, str], list[np.ndarray]] = {}
     for p in predictions:
-        by_image.setdefault((p.image_id, p.class_name), []).append(np.asarray(p.box, np.float64))
+        by_key.setdefault((p.image_id, p.class_name), []).append(np.asarray(p.box, np.float64))
     found = total = 0
     for image_id, (_, _, instances) in gt.items():
-        for inst in instances:
-            total += 1
-            boxes = by_image.get((image_id, inst.class_name))
+        for name in {inst.class_name for inst in instances}:
+            truth = [np.asarray(i.box, np.float64) for i in instances if i.class_name == name]
+            total += len(truth)
+            boxes = by_key.get((image_id, name))
             if boxes:
-                iou = box_iou(
-                    torch.as_tensor(np.asarray(inst.box, np.float64)[None]),
-                    torch.as_tensor(np.stack(boxes)),
-                )
-                found += bool((iou >= iou_threshold).any())
+                iou = box_iou(torch.as_tensor(np.stack(truth)), torch.as_tensor(np.stack(boxes)))
+                found += int((iou.max(dim=1).values >= iou_threshold).sum())
     return found / total if total else float("nan")

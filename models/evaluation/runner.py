@@ -153,19 +153,20 @@ def _mean_over_seeds(runs: list[dict], key: str, classes: Sequence[str]) -> dict
         }
         for c in classes
     }
-    metrics = ("ap50_box", "ap50_mask")
-    mean = {m: float(np.nanmean([p["mean"][m] for p in parts])) for m in metrics}
-    defect_only = {
-        m: float(np.nanmean([p["ap50_defect_images_only"][m] for p in parts])) for m in metrics
-    }
+
+    def mean_ap(field: str) -> dict:
+        return {
+            m: float(np.nanmean([p[field][m] for p in parts])) for m in ("ap50_box", "ap50_mask")
+        }
+
     rates = {
         k: float(np.mean([p[k] for p in parts]))
         for k in ("false_alarm_rate", "image_recall", "images_per_s", "box_recall_ceiling")
     }
     return {
         "per_class": per_class,
-        "mean": mean,
-        "ap50_defect_images_only": defect_only,
+        "mean": mean_ap("mean"),
+        "ap50_defect_images_only": mean_ap("ap50_defect_images_only"),
         **rates,
     }
 
