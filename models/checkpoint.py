@@ -115,7 +115,7 @@ def update_meta(path: str | Path, **values) -> None:
     _write_atomic(blob, path)
 
 
-SCORING_FIELDS = ("relevance_score_weight", "background_weight")
+SCORING_FIELDS = ("relevance_score_weight", "background_weight", "size_prior_sigma")
 
 
 def set_scoring(path: str | Path, **fields: float) -> str:

@@ -10,7 +10,11 @@ from dataclasses import asdict, dataclass, fields
 
 # Values of fields added after model files were first written, for files that lack them: such a
 # file keeps behaving as it did when it was trained and calibrated.
-LEGACY_DEFAULTS: dict = {"relevance_score_weight": 0.0, "background_weight": 0.0}
+LEGACY_DEFAULTS: dict = {
+    "relevance_score_weight": 0.0,
+    "background_weight": 0.0,
+    "size_prior_sigma": 0.0,
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ModelConfig:
     relevance_score_weight: float = 1.0  # inference score: decoder prob^(1-w) * token prob^w
     relevance_scale: float = 10.0  # token prob = sigmoid((cos - 0.5) * scale); = token_scale
     background_weight: float = 1.0  # inference score *= (1 - token's prob of matching its image)^b
+    size_prior_sigma: float = 0.7  # exemplar-size prior width in log size (size_prior.py); 0: off
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over
@@ -72,6 +77,8 @@ class ModelConfig:
             raise ValueError("relevance_score_weight must lie in [0, 1]")
         if not 0.0 <= self.background_weight <= 1.0:
             raise ValueError("background_weight must lie in [0, 1]")
+        if not 0.0 <= self.size_prior_sigma <= 10.0:
+            raise ValueError("size_prior_sigma must lie in [0, 10] (0 turns the prior off)")
         if self.backbone not in ("efficientnet_lite0", "swin_t"):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 

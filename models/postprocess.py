@@ -1,12 +1,13 @@
 """Raw network outputs -> detections in original image pixels, shared by every backend.
 
-Scores are per (query, class) sigmoid probabilities; each query keeps its best class (a defect has
-one name); detections are ranked, thresholded, de-duplicated by class-wise NMS and mapped back
-through the letterbox.
+Scores are per (query, class) sigmoid probabilities, optionally weighed by the exemplar-size prior
+(`models/size_prior.py`); each query keeps its best class (a defect has one name); detections are
+ranked, thresholded, de-duplicated by class-wise NMS and mapped back through the letterbox.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from models.box_ops import batched_nms, cxcywh_to_xyxy
 from models.preprocess import Letterbox
+from models.size_prior import size_factors
 
 
 @dataclass
@@ -54,22 +56,34 @@ def postprocess(
     nms_iou: float = 0.6,
     with_masks: bool = True,
     box_from_mask: bool = True,
+    class_sides: Sequence[np.ndarray] | None = None,
+    size_sigma: float = 0.0,
 ) -> Detections:
     """One image: logits (Q, C), boxes (Q, 4) normalised cxcywh, mask_logits (Q, h, w).
 
     `score_threshold` may be one value or one per class (C,). With `box_from_mask`, a detection's
     box is the tight box of its predicted mask wherever that mask is non-empty: the stride-4 mask
     head localises small defects more precisely than the regressed box (as in Mask2Former).
+    With `class_sides` (per class, the log sizes of its exemplars: `models/size_prior.py`) and
+    `size_sigma` > 0, each query's class probabilities are weighed by how close its box is in size
+    to the class's exemplars before the class is chosen and the threshold applies.
     """
     probs = _sigmoid(logits.astype(np.float32))
+    xyxy = cxcywh_to_xyxy(torch.from_numpy(boxes.astype(np.float32)))
+    if box_from_mask and mask_logits is not None and len(xyxy):
+        xyxy = _boxes_from_masks(mask_logits > 0, xyxy)
+    if class_sides is not None and size_sigma > 0 and probs.shape[1]:
+        if len(class_sides) != probs.shape[1]:
+            n, c = len(class_sides), probs.shape[1]
+            raise ValueError(f"exemplar sizes for {n} classes, but {c} classes scored")
+        pixel_boxes = letterbox.boxes_to_original(xyxy.numpy().reshape(-1, 4))
+        probs = probs * size_factors(pixel_boxes, class_sides, size_sigma)
     cls = probs.argmax(axis=1) if probs.shape[1] else np.zeros(len(probs), dtype=np.int64)
     score = probs.max(axis=1) if probs.shape[1] else np.zeros(len(probs), dtype=np.float32)
     thr = np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (max(probs.shape[1], 1),))
     keep = np.nonzero(score >= thr[cls])[0]
     keep = keep[np.argsort(-score[keep], kind="stable")]
-    xyxy = cxcywh_to_xyxy(torch.from_numpy(boxes[keep].astype(np.float32)))
-    if box_from_mask and mask_logits is not None and len(keep):
-        xyxy = _boxes_from_masks(mask_logits[keep] > 0, xyxy)
+    xyxy = xyxy[torch.from_numpy(keep)]
     if len(keep):
         kept = batched_nms(
             xyxy, torch.from_numpy(score[keep]), torch.from_numpy(cls[keep]), nms_iou

@@ -10,6 +10,7 @@ preprocessing and postprocessing here are shared by all of them, and each stage 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from models.runtime.select import (
     select_backend,
 )
 from models.runtime.torch_backend import TorchBackend
+from models.size_prior import log_sides
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -34,6 +36,7 @@ __all__ = [
     "PromptRegion",
     "StageTimes",
     "TorchPredictor",
+    "exemplar_sides",
     "prototypes_from",
 ]
 
@@ -59,6 +62,14 @@ def prototypes_from(embeddings: np.ndarray) -> np.ndarray:
     """Class prototype: the re-normalised mean of its exemplar embeddings (paper 3.3)."""
     mean = np.asarray(embeddings, dtype=np.float64).mean(axis=0)
     return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+
+
+def exemplar_sides(regions_per_class: Sequence[Sequence[PromptRegion]]) -> list[np.ndarray]:
+    """Per class, the log sizes of its exemplar regions (the input of the size prior)."""
+    return [
+        log_sides(np.stack([r.box for r in regions])) if regions else np.zeros(0)
+        for regions in regions_per_class
+    ]
 
 
 def region_mask(lb: Letterbox, region: PromptRegion) -> np.ndarray:
@@ -141,9 +152,16 @@ class Predictor:
         score_threshold: float | np.ndarray | None = None,
         max_detections: int = 100,
         with_masks: bool = True,
+        class_sides: Sequence[np.ndarray] | None = None,
     ) -> list[Detections]:
-        """Detections for each uint8 RGB image, class indices into the rows of `prototypes`."""
-        return self.detect_timed(images, prototypes, score_threshold, max_detections, with_masks)[0]
+        """Detections for each uint8 RGB image, class indices into the rows of `prototypes`.
+
+        `class_sides` (per class, the log sizes of its exemplars, `exemplar_sides`) turns on the
+        model's exemplar-size prior (`models/size_prior.py`); None scores without it.
+        """
+        return self.detect_timed(
+            images, prototypes, score_threshold, max_detections, with_masks, class_sides
+        )[0]
 
     def detect_timed(
         self,
@@ -152,6 +170,7 @@ class Predictor:
         score_threshold: float | np.ndarray | None = None,
         max_detections: int = 100,
         with_masks: bool = True,
+        class_sides: Sequence[np.ndarray] | None = None,
     ) -> tuple[list[Detections], StageTimes]:
         """`detect` plus the seconds spent in preprocess, predict (the model call), postprocess."""
         thr = self.score_threshold if score_threshold is None else score_threshold
@@ -160,7 +179,7 @@ class Predictor:
         t1 = time.perf_counter()
         out = self.raw(batch, prototypes)
         t2 = time.perf_counter()
-        dets = self.postprocess(out, boxes, thr, max_detections, with_masks)
+        dets = self.postprocess(out, boxes, thr, max_detections, with_masks, class_sides)
         t3 = time.perf_counter()
         return dets, StageTimes(t1 - t0, t2 - t1, t3 - t2)
 
@@ -171,6 +190,7 @@ class Predictor:
         score_threshold: float | np.ndarray,
         max_detections: int = 100,
         with_masks: bool = True,
+        class_sides: Sequence[np.ndarray] | None = None,
     ) -> list[Detections]:
         """Raw batch outputs (`raw`) -> detections in each image's original pixels."""
         return [
@@ -182,6 +202,8 @@ class Predictor:
                 score_threshold,
                 max_detections,
                 with_masks=with_masks,
+                class_sides=class_sides,
+                size_sigma=self.info.size_prior_sigma,
             )
             for i, lb in enumerate(letterboxes)
         ]

@@ -191,6 +191,8 @@ class PrototypeSnapshot:
     class_names: list[str]
     matrix: np.ndarray  # (C, d) float32, row i is the prototype of class_names[i]
     counts: list[int]  # exemplars per class, aligned with class_names
+    # per class, its exemplars' boxes (n, 4) float32 xyxy in their images' pixels (size prior)
+    exemplar_boxes: tuple[np.ndarray, ...] | None = None
 
 
 @dataclass(frozen=True)

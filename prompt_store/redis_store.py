@@ -326,6 +326,24 @@ return {'ok', v}
 """
 )
 
+# Read-only. Returns {version, class, region, class, region, ...}: every exemplar's region JSON with
+# its class (classes in byte order, exemplars in id order), as of `version`.
+_LUA_CLASS_REGIONS = (
+    LUA_PRELUDE
+    + r"""
+local out = {current_version()}
+local classes = redis.call('HKEYS', P .. 'classes')
+table.sort(classes)
+for _, class in ipairs(classes) do
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'members:' .. class, 0, -1)) do
+    out[#out + 1] = class
+    out[#out + 1] = redis.call('HGET', P .. 'ex:' .. id, 'region') or ''
+  end
+end
+return out
+"""
+)
+
 # ARGV: ns. Returns {'ok', version, removed exemplars} | {'no_namespace'}.
 _LUA_DELETE_NAMESPACE = (
     _LUA_COMMON
@@ -423,6 +441,7 @@ class _Scripts:
         self.remove_class = client.register_script(_LUA_REMOVE_CLASS)
         self.rename_class = client.register_script(_LUA_RENAME_CLASS)
         self.delete_namespace = client.register_script(_LUA_DELETE_NAMESPACE)
+        self.class_regions = client.register_script(_LUA_CLASS_REGIONS)
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -680,7 +699,8 @@ class RedisPromptStore:
     # ---- reads --------------------------------------------------------------------------------
 
     def fetch_prototypes(self, ns: str, fingerprint: str) -> PrototypeSnapshot:
-        """The (C, d) prototype matrix with its version, in one MULTI/EXEC round trip."""
+        """The (C, d) prototype matrix with its version (one MULTI/EXEC round trip) and each
+        class's exemplar boxes (one more read; both are repeated until they saw one version)."""
         validate_namespace(ns)
         validate_fingerprint(fingerprint)
         p = prefix(ns)
@@ -691,21 +711,49 @@ class RedisPromptStore:
             pipe.hgetall(p + "protos").hgetall(p + "classes")
             return pipe.execute()
 
-        version, (fp, dim), protos, counts = self._call(
-            read, idempotent=True, what=f"fetching prototypes of {ns!r}"
-        )
-        if fp is None:
-            raise NotFound(f"namespace {ns!r} does not exist")
-        fp, dim = _s(fp), int(dim)
-        if fp != fingerprint:
-            raise ModelMismatch(ns, fp or "", fingerprint)
-        names = sorted(_s(k) or "" for k in protos)
+        for _attempt in range(_CONSISTENT_READ_ATTEMPTS):
+            version, (fp, dim), protos, counts = self._call(
+                read, idempotent=True, what=f"fetching prototypes of {ns!r}"
+            )
+            if fp is None:
+                raise NotFound(f"namespace {ns!r} does not exist")
+            fp, dim = _s(fp), int(dim)
+            if fp != fingerprint:
+                raise ModelMismatch(ns, fp or "", fingerprint)
+            names = sorted(_s(k) or "" for k in protos)
+            boxes_version, boxes = self._class_boxes(ns, names)
+            if boxes_version == int(version or 0):
+                break
+        else:
+            raise Conflict(f"namespace {ns!r} kept changing while its prototypes were read")
         matrix = np.zeros((len(names), dim), dtype=np.float32)  # (C, d)
         for i, name in enumerate(names):
             matrix[i] = embedding_from_bytes(protos[name.encode("utf-8")], dim)
         by_name = {_s(k): int(v) for k, v in counts.items()}
         return PrototypeSnapshot(
-            ns, int(version or 0), fp, names, matrix, [by_name.get(n, 0) for n in names]
+            ns,
+            int(version or 0),
+            fp,
+            names,
+            matrix,
+            [by_name.get(n, 0) for n in names],
+            boxes,
+        )
+
+    def _class_boxes(self, ns: str, names: list[str]) -> tuple[int, tuple[np.ndarray, ...]]:
+        """(version, per class of `names` its exemplar boxes (n, 4) float32 xyxy pixels)."""
+        reply = self._call(
+            lambda: self._scripts.class_regions(keys=[prefix(ns) + "meta"], args=[ns]),
+            idempotent=True,
+            what=f"reading exemplar regions of {ns!r}",
+        )
+        boxes: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
+        for cls, region in zip(reply[1::2], reply[2::2], strict=True):
+            name = _s(cls) or ""
+            if name in boxes and region:
+                boxes[name].append(Region.from_json(_s(region) or "").box)
+        return int(reply[0]), tuple(
+            np.asarray(boxes[n], dtype=np.float32).reshape(-1, 4) for n in names
         )
 
     def list_classes(self, ns: str) -> list[ClassSummary]:

@@ -3,9 +3,10 @@
     python scripts/calibrate.py --model runs/default/model.pt \
         --data ../shared/datasets/magnetic_tile --target-rate 0.03
 
-`--score-blend W` and `--background-weight B` first switch the file's inference score
-(ModelConfig.relevance_score_weight and background_weight: decoder probability^(1-W) x token
-relevance^W x (1 - the token's match to its own image)^B), then calibrate the threshold for it; the
+`--score-blend W`, `--background-weight B` and `--size-prior-sigma S` first switch the file's
+inference score (ModelConfig.relevance_score_weight, background_weight, size_prior_sigma: decoder
+probability^(1-W) x token relevance^W x (1 - the token's match to its own image)^B x the
+exemplar-size prior of width S, models/size_prior.py), then calibrate the threshold for it; the
 file's fingerprint changes with them.
 
 The threshold is the score exceeded by at most TARGET_RATE of the calibration images (a fixed
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,6 +37,9 @@ def main() -> None:
     p.add_argument(
         "--background-weight", type=float, default=None, help="set the background weight B first"
     )
+    p.add_argument(
+        "--size-prior-sigma", type=float, default=None, help="set the size prior width S first"
+    )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
     scoring = {
@@ -47,6 +52,10 @@ def main() -> None:
     }
     if any(not 0 <= v <= 1 for v in scoring.values()):
         p.error("--score-blend and --background-weight must lie in [0, 1]")
+    if args.size_prior_sigma is not None:
+        if not 0 <= args.size_prior_sigma <= 10:
+            p.error("--size-prior-sigma must lie in [0, 10] (0 turns the prior off)")
+        scoring["size_prior_sigma"] = args.size_prior_sigma
     ds = load_dataset(args.data)
     predictor = TorchPredictor.load(args.model)
     predictor.model.relevance_weight = scoring.get(  # score as the rewritten file will
@@ -54,6 +63,10 @@ def main() -> None:
     )
     predictor.model.background_weight = scoring.get(
         "background_weight", predictor.model.background_weight
+    )
+    predictor.backend.info = replace(
+        predictor.info,
+        size_prior_sigma=scoring.get("size_prior_sigma", predictor.info.size_prior_sigma),
     )
     scores = max_scores(predictor, ds, args.seeds)
     thr = threshold_for(scores, args.target_rate)

@@ -55,6 +55,7 @@ class Predictor(Protocol):
         score_threshold: float | np.ndarray | None = None,
         max_detections: int = 100,
         with_masks: bool = True,
+        class_sides: Sequence[np.ndarray] | None = None,
     ) -> list[Any]: ...
 
 
@@ -95,6 +96,7 @@ class InspectJob:
     heatmap: bool
     anomaly: NamespaceMemory | None = None  # the namespace's memory, when it has references
     anomaly_map: bool = False  # return the anomaly map
+    class_sides: tuple[np.ndarray, ...] | None = None  # exemplar log sizes per class (size prior)
 
     @property
     def needs_masks(self) -> bool:
@@ -164,6 +166,7 @@ class Inspector:
             floor,
             max(j.max_detections for j in jobs),
             any(j.needs_masks for j in jobs),
+            first.class_sides,  # jobs of a batch share one prototype snapshot
         )
         timed = getattr(self.predictor, "detect_timed", None)
         start = time.perf_counter()

@@ -300,6 +300,23 @@ def test_prototypes_match_the_mean_of_what_was_stored(redis_store: RedisPromptSt
 
 
 @pytest.mark.integration
+def test_snapshot_carries_each_class_exemplar_boxes(redis_store: RedisPromptStore) -> None:
+    """The size prior needs the exemplars' boxes with the prototypes, class by class."""
+    for i, cls in enumerate(["scratch", "dent", "scratch"]):
+        add(redis_store, cls, i)
+    snap = redis_store.fetch_prototypes(NS, FP_A)
+    assert snap.class_names == ["dent", "scratch"] and snap.exemplar_boxes is not None
+    dent, scratch = snap.exemplar_boxes
+    assert dent.tolist() == [list(box(1).box)]
+    assert sorted(scratch.tolist()) == sorted([list(box(0).box), list(box(2).box)])
+    redis_store.rename_class(NS, "dent", "pit")
+    redis_store.remove_exemplar(NS, add(redis_store, "scratch", 0).exemplar_id)
+    snap = redis_store.fetch_prototypes(NS, FP_A)
+    assert snap.class_names == ["pit", "scratch"]
+    assert [b.tolist() for b in snap.exemplar_boxes] == [[list(box(1).box)], [list(box(2).box)]]
+
+
+@pytest.mark.integration
 def test_every_change_bumps_the_version_and_publishes_an_event(
     redis_store: RedisPromptStore,
 ) -> None:

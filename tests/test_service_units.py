@@ -571,3 +571,54 @@ def test_batch_size_calibration_picks_the_fastest_per_image(monkeypatch):
     model = _BatchModel(clock, 0.0, 0.004)
     best, _ = inference.Inspector(model).best_batch_size(6, seconds=0.05, rounds=1)
     assert best == 1
+
+
+class _SizeAwareModel:
+    """A fake predictor (no network) that reports one 40 x 40 px detection per image, scored 0.8
+    times the size prior the way models.postprocess applies it, so the test sees what reaches it."""
+
+    embed_dim = 4
+    size = 32
+
+    def detect(
+        self,
+        images,
+        prototypes,
+        score_threshold=None,
+        max_detections=100,
+        with_masks=True,
+        class_sides=None,
+    ):
+        from models.postprocess import Detections
+        from models.size_prior import size_factors
+
+        box = np.array([[10.0, 10.0, 50.0, 50.0]], dtype=np.float32)
+        factor = size_factors(box, class_sides, 0.7)[0, 0] if class_sides is not None else 1.0
+        return [
+            Detections(np.zeros(1, np.int64), np.array([0.8 * factor], np.float32), box, None)
+            for _ in images
+        ]
+
+
+def test_an_inspection_passes_the_exemplar_sizes_of_its_snapshot_to_the_predictor():
+    from models.size_prior import log_sides
+    from service.inference import InspectJob, Inspector
+    from service.schemas import MaskFormat
+
+    def job(sides):
+        return InspectJob(
+            image=np.zeros((64, 64, 3), np.uint8),
+            prototypes=np.ones((1, 4), np.float32),
+            class_names=("pit",),
+            thresholds=np.array([0.5], np.float32),
+            max_detections=10,
+            mask_format=MaskFormat.none,
+            heatmap=False,
+            class_sides=sides,
+        )
+
+    inspector = Inspector(_SizeAwareModel())
+    taught_small = (log_sides(np.array([[0.0, 0.0, 5.0, 5.0]])),)
+    taught_same = (log_sides(np.array([[0.0, 0.0, 40.0, 40.0]])),)
+    assert inspector.run_batch([job(taught_same)])[0].rejects
+    assert not inspector.run_batch([job(taught_small)])[0].rejects  # 8x smaller: below 0.5

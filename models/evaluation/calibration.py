@@ -15,7 +15,7 @@ import numpy as np
 
 from models.data.records import DefectDataset, Record
 from models.evaluation.protocol import split_prompts
-from models.evaluation.runner import class_prototypes, prompt_material
+from models.evaluation.runner import class_prototypes, class_sides, prompt_material
 from models.predictor import TorchPredictor
 
 CALIBRATION_SHARE = 0.3
@@ -45,11 +45,16 @@ def max_scores(
     for seed in seeds:
         split = split_prompts(ds.records, ds.class_names, prompts_per_class, seed)
         material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in ds.class_names}
-        protos = class_prototypes(predictor, material)
+        protos, sides = class_prototypes(predictor, material), class_sides(material)
         for start in range(0, len(images), batch_size):
             batch = [ds.load(by_id[r.image_id])[0] for r in images[start : start + batch_size]]
             for det in predictor.detect(
-                batch, protos, score_threshold=0.0, max_detections=1, with_masks=False
+                batch,
+                protos,
+                score_threshold=0.0,
+                max_detections=1,
+                with_masks=False,
+                class_sides=sides,
             ):
                 out.append(float(det.scores[0]) if len(det) else 0.0)
     return np.asarray(out)

@@ -24,7 +24,7 @@ from models.evaluation.metrics import (
 )
 from models.evaluation.protocol import split_prompts
 from models.evaluation.template_baseline import TemplateMatcher
-from models.predictor import PromptRegion, TorchPredictor, prototypes_from
+from models.predictor import PromptRegion, TorchPredictor, exemplar_sides, prototypes_from
 
 AP_SCORE_FLOOR = 0.01  # detections kept for AP: low scores still rank the precision-recall curve
 
@@ -45,6 +45,13 @@ def prompt_material(ds: DefectDataset, ids: list[str], name: str, by_id: dict):
         image, inst = ds.load(by_id[image_id])
         out.append((image, [x for x in inst if x.class_name == name]))
     return out
+
+
+def class_sides(material: dict[str, list]) -> list[np.ndarray]:
+    """Per class, the log sizes of every prompt instance (the size prior's exemplars)."""
+    return exemplar_sides(
+        [[PromptRegion(x.box) for _, insts in material[name] for x in insts] for name in material]
+    )
 
 
 def class_prototypes(predictor: TorchPredictor, material: dict[str, list]) -> np.ndarray:
@@ -88,6 +95,7 @@ def evaluate_seed(
     split = split_prompts(ds.records, classes, settings.prompts_per_class, seed)
     material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in classes}
     protos = class_prototypes(predictor, material) if predictor is not None else None
+    sides = class_sides(material)
     gt: dict[str, tuple[int, int, list[Instance]]] = {}
     model_preds: list[Prediction] = []
     base_preds: list[Prediction] = []
@@ -108,7 +116,9 @@ def evaluate_seed(
         dets = []
         if predictor is not None:
             t0 = time.perf_counter()
-            dets = predictor.detect([im for im, _ in loaded], protos, AP_SCORE_FLOOR)
+            dets = predictor.detect(
+                [im for im, _ in loaded], protos, AP_SCORE_FLOOR, class_sides=sides
+            )
             model_time += time.perf_counter() - t0
         for image_id, det in zip(ids, dets, strict=False):
             for j in range(len(det)):
@@ -187,6 +197,7 @@ def evaluate(
             "classes": classes,
             "dataset": ds.name,
             "score_threshold": predictor.score_threshold,
+            "size_prior_sigma": predictor.info.size_prior_sigma,
             "model_fingerprint": predictor.fingerprint,
         },
         "runs": runs,

@@ -49,6 +49,7 @@ class ModelInfo:
     score_threshold: float  # calibrated default detection threshold
     num_queries: int  # Q
     mask_stride: int  # mask logits are (S / mask_stride) per side
+    size_prior_sigma: float = 0.0  # exemplar-size prior of the postprocessing; 0: off
 
     @classmethod
     def from_model_file(cls, mf: ModelFile) -> ModelInfo:
@@ -63,6 +64,7 @@ class ModelInfo:
             score_threshold=float(mf.meta.get("score_threshold", DEFAULT_SCORE_THRESHOLD)),
             num_queries=c.num_queries,
             mask_stride=c.mask_stride,
+            size_prior_sigma=c.size_prior_sigma,
         )
 
     def to_metadata(self, graph: str) -> dict[str, str]:
@@ -78,6 +80,7 @@ class ModelInfo:
             "score_threshold": repr(self.score_threshold),
             "num_queries": str(self.num_queries),
             "mask_stride": str(self.mask_stride),
+            "size_prior_sigma": repr(self.size_prior_sigma),
             "input_range": "RGB float32 in [0, 1]; normalisation is inside the graph",
         }
 
@@ -100,6 +103,7 @@ class ModelInfo:
             score_threshold=float(meta["score_threshold"]),
             num_queries=int(meta["num_queries"]),
             mask_stride=int(meta["mask_stride"]),
+            size_prior_sigma=float(meta.get("size_prior_sigma", "0.0")),  # older graphs: off
         )
 
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from models.size_prior import log_sides
 from prompt_store.errors import InvalidInput
 from prompt_store.records import validate_label
 from service.anomaly import NamespaceMemory
@@ -108,8 +109,9 @@ def _plan(
     classes: list[str] | None,
     score_threshold: float | None,
     class_thresholds: dict[str, float],
-) -> tuple[Any, tuple[str, ...], np.ndarray, np.ndarray, bool]:
-    """Snapshot, class subset, prototypes and per-class thresholds (or a clear 4xx)."""
+) -> tuple[Any, tuple[str, ...], np.ndarray, np.ndarray, tuple[np.ndarray, ...] | None, bool]:
+    """Snapshot, class subset, prototypes, per-class thresholds and exemplar sizes (the size
+    prior's input: log sides of each class's exemplar boxes), or a clear 4xx."""
     cached = state.cache.get(namespace)
     snap = cached.snapshot
     index = {name: i for i, name in enumerate(snap.class_names)}
@@ -137,7 +139,9 @@ def _plan(
     default = score_threshold if score_threshold is not None else state.default_threshold
     thresholds = np.array([class_thresholds.get(n, default) for n in wanted], dtype=np.float32)
     prototypes = np.ascontiguousarray(snap.matrix[rows])
-    return snap, tuple(wanted), prototypes, thresholds, cached.degraded
+    boxes = snap.exemplar_boxes
+    sides = tuple(log_sides(boxes[i]) for i in rows) if boxes is not None else None
+    return snap, tuple(wanted), prototypes, thresholds, sides, cached.degraded
 
 
 @dataclass
@@ -259,7 +263,7 @@ async def _inspect(
     decode_s = time.perf_counter() - t0
     state.metrics.stage_duration.labels(stage="decode").observe(decode_s)
 
-    snap, names, prototypes, thresholds, degraded = await run_in_threadpool(
+    snap, names, prototypes, thresholds, sides, degraded = await run_in_threadpool(
         _plan, state, namespace, options.classes, options.score_threshold, per_class
     )
     memory, anomaly_status = await _anomaly_memory(state, namespace)
@@ -278,6 +282,7 @@ async def _inspect(
         prototypes=prototypes,
         class_names=names,
         thresholds=thresholds,
+        class_sides=sides,
         max_detections=min(options.max_detections or cap, cap),
         mask_format=options.mask_format,
         heatmap=options.heatmap,
