@@ -24,7 +24,8 @@ are a hash tag so that a Redis Cluster keeps a namespace on one slot and scripts
 Atomicity: every change is one Lua script (validation first, then writes, then the prototype
 recompute, INCR of the version and PUBLISH), so readers never see half a change and every change
 has its own version and event. Reads that span several keys run in one MULTI/EXEC round trip
-(`fetch_prototypes`) or re-read until the version did not move (export, re-extraction).
+(`fetch_prototypes`' matrix) or re-read until the version did not move (export, re-extraction, and
+the exemplar boxes `fetch_prototypes` adds for the size prior, read by a read-only script).
 
 Prototypes: recomputed inside the script from *all* exemplars of the class, summed in float64 in
 byte order of the exemplar ids, normalised, cast to float32. A running sum would be cheaper but
