@@ -27,7 +27,6 @@ from models.runtime.select import (
     select_backend,
 )
 from models.runtime.torch_backend import TorchBackend
-from models.size_prior import log_sides
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -36,7 +35,6 @@ __all__ = [
     "PromptRegion",
     "StageTimes",
     "TorchPredictor",
-    "exemplar_sides",
     "prototypes_from",
 ]
 
@@ -62,14 +60,6 @@ def prototypes_from(embeddings: np.ndarray) -> np.ndarray:
     """Class prototype: the re-normalised mean of its exemplar embeddings (paper 3.3)."""
     mean = np.asarray(embeddings, dtype=np.float64).mean(axis=0)
     return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
-
-
-def exemplar_sides(regions_per_class: Sequence[Sequence[PromptRegion]]) -> list[np.ndarray]:
-    """Per class, the log sizes of its exemplar regions (the input of the size prior)."""
-    return [
-        log_sides(np.stack([r.box for r in regions])) if regions else np.zeros(0)
-        for regions in regions_per_class
-    ]
 
 
 def region_mask(lb: Letterbox, region: PromptRegion) -> np.ndarray:
@@ -156,8 +146,8 @@ class Predictor:
     ) -> list[Detections]:
         """Detections for each uint8 RGB image, class indices into the rows of `prototypes`.
 
-        `class_sides` (per class, the log sizes of its exemplars, `exemplar_sides`) turns on the
-        model's exemplar-size prior (`models/size_prior.py`); None scores without it.
+        `class_sides` (per class, the log sizes of its exemplar boxes: `size_prior.log_sides`)
+        turns on the model's exemplar-size prior (`models/size_prior.py`); None scores without it.
         """
         return self.detect_timed(
             images, prototypes, score_threshold, max_detections, with_masks, class_sides

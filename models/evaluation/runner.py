@@ -24,7 +24,8 @@ from models.evaluation.metrics import (
 )
 from models.evaluation.protocol import split_prompts
 from models.evaluation.template_baseline import TemplateMatcher
-from models.predictor import PromptRegion, TorchPredictor, exemplar_sides, prototypes_from
+from models.predictor import PromptRegion, TorchPredictor, prototypes_from
+from models.size_prior import log_sides
 
 AP_SCORE_FLOOR = 0.01  # detections kept for AP: low scores still rank the precision-recall curve
 
@@ -49,9 +50,10 @@ def prompt_material(ds: DefectDataset, ids: list[str], name: str, by_id: dict):
 
 def class_sides(material: dict[str, list]) -> list[np.ndarray]:
     """Per class, the log sizes of every prompt instance (the size prior's exemplars)."""
-    return exemplar_sides(
-        [[PromptRegion(x.box) for _, insts in material[name] for x in insts] for name in material]
-    )
+    return [
+        log_sides(np.array([x.box for _, insts in material[name] for x in insts]).reshape(-1, 4))
+        for name in material
+    ]
 
 
 def class_prototypes(predictor: TorchPredictor, material: dict[str, list]) -> np.ndarray:
