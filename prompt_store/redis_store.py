@@ -23,9 +23,9 @@ are a hash tag so that a Redis Cluster keeps a namespace on one slot and scripts
 
 Atomicity: every change is one Lua script (validation first, then writes, then the prototype
 recompute, INCR of the version and PUBLISH), so readers never see half a change and every change
-has its own version and event. Reads that span several keys run in one MULTI/EXEC round trip
-(`fetch_prototypes`' matrix) or re-read until the version did not move (export, re-extraction, and
-the exemplar boxes `fetch_prototypes` adds for the size prior, read by a read-only script).
+has its own version and event. Reads that span several keys run in one read-only script
+(`fetch_prototypes`: prototypes, counts and exemplar boxes) or re-read until the version did not
+move (export, re-extraction).
 
 Prototypes: recomputed inside the script from *all* exemplars of the class, summed in float64 in
 byte order of the exemplar ids, normalised, cast to float32. A running sum would be cheaper but
@@ -327,21 +327,25 @@ return {'ok', v}
 """
 )
 
-# Read-only. Returns {version, class, region, class, region, ...}: every exemplar's region JSON with
-# its class (classes in byte order, exemplars in id order), as of `version`.
-_LUA_CLASS_REGIONS = (
+# Read-only: what an inspection needs of a namespace, atomically. Returns {version, fingerprint,
+# embed_dim, {class, prototype, ...}, {class, count, ...}, {class, region, ...}} (fingerprint and
+# embed_dim nil when the namespace does not exist; regions of every exemplar, classes in byte
+# order, exemplars in id order).
+_LUA_FETCH_PROTOTYPES = (
     LUA_PRELUDE
     + r"""
-local out = {current_version()}
+local meta = redis.call('HMGET', meta_key, 'fingerprint', 'embed_dim')
+local regions = {}
 local classes = redis.call('HKEYS', P .. 'classes')
 table.sort(classes)
 for _, class in ipairs(classes) do
   for _, id in ipairs(redis.call('ZRANGE', P .. 'members:' .. class, 0, -1)) do
-    out[#out + 1] = class
-    out[#out + 1] = redis.call('HGET', P .. 'ex:' .. id, 'region') or ''
+    regions[#regions + 1] = class
+    regions[#regions + 1] = redis.call('HGET', P .. 'ex:' .. id, 'region') or ''
   end
 end
-return out
+return {current_version(), meta[1], meta[2], redis.call('HGETALL', P .. 'protos'),
+        redis.call('HGETALL', P .. 'classes'), regions}
 """
 )
 
@@ -442,7 +446,7 @@ class _Scripts:
         self.remove_class = client.register_script(_LUA_REMOVE_CLASS)
         self.rename_class = client.register_script(_LUA_RENAME_CLASS)
         self.delete_namespace = client.register_script(_LUA_DELETE_NAMESPACE)
-        self.class_regions = client.register_script(_LUA_CLASS_REGIONS)
+        self.fetch_prototypes = client.register_script(_LUA_FETCH_PROTOTYPES)
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -700,61 +704,39 @@ class RedisPromptStore:
     # ---- reads --------------------------------------------------------------------------------
 
     def fetch_prototypes(self, ns: str, fingerprint: str) -> PrototypeSnapshot:
-        """The (C, d) prototype matrix with its version (one MULTI/EXEC round trip) and each
-        class's exemplar boxes (one more read; both are repeated until they saw one version)."""
+        """The (C, d) prototype matrix with its version and each class's exemplar boxes (the size
+        prior's input), in one read-only script: one round trip, one version."""
         validate_namespace(ns)
         validate_fingerprint(fingerprint)
-        p = prefix(ns)
-
-        def read() -> list[Any]:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.get(p + "version").hmget(p + "meta", "fingerprint", "embed_dim")
-            pipe.hgetall(p + "protos").hgetall(p + "classes")
-            return pipe.execute()
-
-        for _attempt in range(_CONSISTENT_READ_ATTEMPTS):
-            version, (fp, dim), protos, counts = self._call(
-                read, idempotent=True, what=f"fetching prototypes of {ns!r}"
-            )
-            if fp is None:
-                raise NotFound(f"namespace {ns!r} does not exist")
-            fp, dim = _s(fp), int(dim)
-            if fp != fingerprint:
-                raise ModelMismatch(ns, fp or "", fingerprint)
-            names = sorted(_s(k) or "" for k in protos)
-            boxes_version, boxes = self._class_boxes(ns, names)
-            if boxes_version == int(version or 0):
-                break
-        else:
-            raise Conflict(f"namespace {ns!r} kept changing while its prototypes were read")
+        version, fp, dim, protos, counts, regions = self._call(
+            lambda: self._scripts.fetch_prototypes(keys=[prefix(ns) + "meta"], args=[ns]),
+            idempotent=True,
+            what=f"fetching prototypes of {ns!r}",
+        )
+        if fp is None:
+            raise NotFound(f"namespace {ns!r} does not exist")
+        fp, dim = _s(fp), int(dim)
+        if fp != fingerprint:
+            raise ModelMismatch(ns, fp or "", fingerprint)
+        by_name = {_s(k) or "": v for k, v in zip(protos[::2], protos[1::2], strict=True)}
+        names = sorted(by_name)
         matrix = np.zeros((len(names), dim), dtype=np.float32)  # (C, d)
         for i, name in enumerate(names):
-            matrix[i] = embedding_from_bytes(protos[name.encode("utf-8")], dim)
-        by_name = {_s(k): int(v) for k, v in counts.items()}
-        return PrototypeSnapshot(
-            ns,
-            int(version or 0),
-            fp,
-            names,
-            matrix,
-            [by_name.get(n, 0) for n in names],
-            boxes,
-        )
-
-    def _class_boxes(self, ns: str, names: list[str]) -> tuple[int, tuple[np.ndarray, ...]]:
-        """(version, per class of `names` its exemplar boxes (n, 4) float32 xyxy pixels)."""
-        reply = self._call(
-            lambda: self._scripts.class_regions(keys=[prefix(ns) + "meta"], args=[ns]),
-            idempotent=True,
-            what=f"reading exemplar regions of {ns!r}",
-        )
+            matrix[i] = embedding_from_bytes(by_name[name], dim)
+        count = {_s(k): int(v) for k, v in zip(counts[::2], counts[1::2], strict=True)}
         boxes: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
-        for cls, region in zip(reply[1::2], reply[2::2], strict=True):
+        for cls, region in zip(regions[::2], regions[1::2], strict=True):
             name = _s(cls) or ""
             if name in boxes and region:
                 boxes[name].append(Region.from_json(_s(region) or "").box)
-        return int(reply[0]), tuple(
-            np.asarray(boxes[n], dtype=np.float32).reshape(-1, 4) for n in names
+        return PrototypeSnapshot(
+            ns,
+            int(version),
+            fp,
+            names,
+            matrix,
+            [count.get(n, 0) for n in names],
+            tuple(np.asarray(boxes[n], dtype=np.float32).reshape(-1, 4) for n in names),
         )
 
     def list_classes(self, ns: str) -> list[ClassSummary]:
