@@ -115,7 +115,12 @@ def update_meta(path: str | Path, **values) -> None:
     _write_atomic(blob, path)
 
 
-SCORING_FIELDS = ("relevance_score_weight", "background_weight", "size_prior_sigma")
+SCORING_FIELDS = (
+    "relevance_score_weight",
+    "background_weight",
+    "size_prior_sigma",
+    "mask_hull_min_fill",
+)
 
 
 def set_scoring(path: str | Path, **fields: float) -> str:

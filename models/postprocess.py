@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from models.box_ops import batched_nms, cxcywh_to_xyxy
+from models.mask_hull import fill_compact
 from models.preprocess import Letterbox
 from models.size_prior import size_factors
 
@@ -58,6 +59,7 @@ def postprocess(
     box_from_mask: bool = True,
     class_sides: Sequence[np.ndarray] | None = None,
     size_sigma: float = 0.0,
+    mask_hull_min_fill: float = 1.0,
 ) -> Detections:
     """One image: logits (Q, C), boxes (Q, 4) normalised cxcywh, mask_logits (Q, h, w).
 
@@ -66,7 +68,9 @@ def postprocess(
     head localises small defects more precisely than the regressed box (as in Mask2Former).
     With `class_sides` (per class, the log sizes of its exemplars: `models/size_prior.py`) and
     `size_sigma` > 0, each query's class probabilities are weighed by how close its box is in size
-    to the class's exemplars before the class is chosen and the threshold applies.
+    to the class's exemplars before the class is chosen and the threshold applies. A kept mask
+    that fills at least `mask_hull_min_fill` of its convex hull is given the hull
+    (`models/mask_hull.py`; 1 leaves masks as predicted).
     """
     probs = _sigmoid(logits.astype(np.float32))
     xyxy = cxcywh_to_xyxy(torch.from_numpy(boxes.astype(np.float32)))
@@ -93,7 +97,7 @@ def postprocess(
     masks = None
     if with_masks and mask_logits is not None:
         probs_m = letterbox.masks_to_original(_sigmoid(mask_logits[keep].astype(np.float32)))
-        masks = probs_m > 0.5
+        masks = fill_compact(probs_m > 0.5, mask_hull_min_fill)
     return Detections(
         class_index=cls[keep].astype(np.int64),
         scores=score[keep].astype(np.float32),

@@ -194,6 +194,7 @@ class Predictor:
                 with_masks=with_masks,
                 class_sides=class_sides,
                 size_sigma=self.info.size_prior_sigma,
+                mask_hull_min_fill=self.info.mask_hull_min_fill,
             )
             for i, lb in enumerate(letterboxes)
         ]

@@ -6,8 +6,9 @@
 `--score-blend W`, `--background-weight B` and `--size-prior-sigma S` first switch the file's
 inference score (ModelConfig.relevance_score_weight, background_weight, size_prior_sigma: decoder
 probability^(1-W) x token relevance^W x (1 - the token's match to its own image)^B x the
-exemplar-size prior of width S, models/size_prior.py), then calibrate the threshold for it; the
-file's fingerprint changes with them.
+exemplar-size prior of width S, models/size_prior.py), then calibrate the threshold for it;
+`--mask-hull-min-fill F` sets the convex filling of compact masks (models/mask_hull.py; it moves
+no score, so the threshold comes out as before). The file's fingerprint changes with them.
 
 The threshold is the score exceeded by at most TARGET_RATE of the calibration images (a fixed
 30% hash-chosen share of the defect-free images) with every class of the dataset prompted.
@@ -40,6 +41,9 @@ def main() -> None:
     p.add_argument(
         "--size-prior-sigma", type=float, default=None, help="set the size prior width S first"
     )
+    p.add_argument(
+        "--mask-hull-min-fill", type=float, default=None, help="set the mask hull fill F first"
+    )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
     scoring = {
@@ -56,6 +60,10 @@ def main() -> None:
         if not 0 <= args.size_prior_sigma <= 10:
             p.error("--size-prior-sigma must lie in [0, 10] (0 turns the prior off)")
         scoring["size_prior_sigma"] = args.size_prior_sigma
+    if args.mask_hull_min_fill is not None:
+        if not 0 <= args.mask_hull_min_fill <= 1:
+            p.error("--mask-hull-min-fill must lie in [0, 1] (1 turns the hull off)")
+        scoring["mask_hull_min_fill"] = args.mask_hull_min_fill
     ds = load_dataset(args.data)
     predictor = TorchPredictor.load(args.model)
     predictor.model.relevance_weight = scoring.get(  # score as the rewritten file will

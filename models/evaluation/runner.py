@@ -200,6 +200,7 @@ def evaluate(
             "dataset": ds.name,
             "score_threshold": predictor.score_threshold,
             "size_prior_sigma": predictor.info.size_prior_sigma,
+            "mask_hull_min_fill": predictor.info.mask_hull_min_fill,
             "model_fingerprint": predictor.fingerprint,
         },
         "runs": runs,

@@ -50,6 +50,7 @@ class ModelInfo:
     num_queries: int  # Q
     mask_stride: int  # mask logits are (S / mask_stride) per side
     size_prior_sigma: float = 0.0  # exemplar-size prior of the postprocessing; 0: off
+    mask_hull_min_fill: float = 1.0  # convex filling of compact masks (mask_hull.py); 1: off
 
     @classmethod
     def from_model_file(cls, mf: ModelFile) -> ModelInfo:
@@ -65,6 +66,7 @@ class ModelInfo:
             num_queries=c.num_queries,
             mask_stride=c.mask_stride,
             size_prior_sigma=c.size_prior_sigma,
+            mask_hull_min_fill=c.mask_hull_min_fill,
         )
 
     def to_metadata(self, graph: str) -> dict[str, str]:
@@ -81,6 +83,7 @@ class ModelInfo:
             "num_queries": str(self.num_queries),
             "mask_stride": str(self.mask_stride),
             "size_prior_sigma": repr(self.size_prior_sigma),
+            "mask_hull_min_fill": repr(self.mask_hull_min_fill),
             "input_range": "RGB float32 in [0, 1]; normalisation is inside the graph",
         }
 
@@ -104,6 +107,7 @@ class ModelInfo:
             num_queries=int(meta["num_queries"]),
             mask_stride=int(meta["mask_stride"]),
             size_prior_sigma=float(meta.get("size_prior_sigma", "0.0")),  # older graphs: off
+            mask_hull_min_fill=float(meta.get("mask_hull_min_fill", "1.0")),  # older graphs: off
         )
 
 
