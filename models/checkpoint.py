@@ -120,6 +120,7 @@ SCORING_FIELDS = (
     "background_weight",
     "size_prior_sigma",
     "mask_hull_min_fill",
+    "mask_score_weight",
 )
 
 

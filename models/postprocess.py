@@ -15,6 +15,7 @@ import torch
 
 from models.box_ops import batched_nms, cxcywh_to_xyxy
 from models.mask_hull import fill_compact
+from models.mask_score import mask_factors
 from models.preprocess import Letterbox
 from models.size_prior import size_factors
 
@@ -60,6 +61,7 @@ def postprocess(
     class_sides: Sequence[np.ndarray] | None = None,
     size_sigma: float = 0.0,
     mask_hull_min_fill: float = 1.0,
+    mask_score_weight: float = 0.0,
 ) -> Detections:
     """One image: logits (Q, C), boxes (Q, 4) normalised cxcywh, mask_logits (Q, h, w).
 
@@ -68,7 +70,9 @@ def postprocess(
     head localises small defects more precisely than the regressed box (as in Mask2Former).
     With `class_sides` (per class, the log sizes of its exemplars: `models/size_prior.py`) and
     `size_sigma` > 0, each query's class probabilities are weighed by how close its box is in size
-    to the class's exemplars before the class is chosen and the threshold applies. A kept mask
+    to the class's exemplars before the class is chosen and the threshold applies. With
+    `mask_score_weight` w > 0 they are also multiplied by the query's mask confidence to the
+    power w (`models/mask_score.py`). A kept mask
     that fills at least `mask_hull_min_fill` of its convex hull is given the hull
     (`models/mask_hull.py`; 1 leaves masks as predicted).
     """
@@ -82,6 +86,8 @@ def postprocess(
             raise ValueError(f"exemplar sizes for {n} classes, but {c} classes scored")
         pixel_boxes = letterbox.boxes_to_original(xyxy.numpy().reshape(-1, 4))
         probs = probs * size_factors(pixel_boxes, class_sides, size_sigma)
+    if mask_score_weight > 0 and mask_logits is not None and len(probs):
+        probs = probs * mask_factors(mask_logits, mask_score_weight)[:, None]
     cls = probs.argmax(axis=1) if probs.shape[1] else np.zeros(len(probs), dtype=np.int64)
     score = probs.max(axis=1) if probs.shape[1] else np.zeros(len(probs), dtype=np.float32)
     thr = np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (max(probs.shape[1], 1),))

@@ -195,6 +195,7 @@ class Predictor:
                 class_sides=class_sides,
                 size_sigma=self.info.size_prior_sigma,
                 mask_hull_min_fill=self.info.mask_hull_min_fill,
+                mask_score_weight=self.info.mask_score_weight,
             )
             for i, lb in enumerate(letterboxes)
         ]

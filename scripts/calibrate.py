@@ -7,8 +7,9 @@
 inference score (ModelConfig.relevance_score_weight, background_weight, size_prior_sigma: decoder
 probability^(1-W) x token relevance^W x (1 - the token's match to its own image)^B x the
 exemplar-size prior of width S, models/size_prior.py), then calibrate the threshold for it;
-`--mask-hull-min-fill F` sets the convex filling of compact masks (models/mask_hull.py; it moves
-no score, so the threshold comes out as before). The file's fingerprint changes with them.
+`--mask-score-weight M` multiplies that score by the mask confidence to the power M
+(models/mask_score.py). `--mask-hull-min-fill F` sets the convex filling of compact masks
+(models/mask_hull.py; it moves no score). The file's fingerprint changes with them.
 
 The threshold is the score exceeded by at most TARGET_RATE of the calibration images (a fixed
 30% hash-chosen share of the defect-free images) with every class of the dataset prompted.
@@ -44,6 +45,9 @@ def main() -> None:
     p.add_argument(
         "--mask-hull-min-fill", type=float, default=None, help="set the mask hull fill F first"
     )
+    p.add_argument(
+        "--mask-score-weight", type=float, default=None, help="set the mask score weight M first"
+    )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
     scoring = {
@@ -60,6 +64,10 @@ def main() -> None:
         if not 0 <= args.size_prior_sigma <= 10:
             p.error("--size-prior-sigma must lie in [0, 10] (0 turns the prior off)")
         scoring["size_prior_sigma"] = args.size_prior_sigma
+    if args.mask_score_weight is not None:
+        if not 0 <= args.mask_score_weight <= 4:
+            p.error("--mask-score-weight must lie in [0, 4] (0 turns it off)")
+        scoring["mask_score_weight"] = args.mask_score_weight
     if args.mask_hull_min_fill is not None:
         if not 0 <= args.mask_hull_min_fill <= 1:
             p.error("--mask-hull-min-fill must lie in [0, 1] (1 turns the hull off)")
@@ -75,6 +83,7 @@ def main() -> None:
     predictor.backend.info = replace(
         predictor.info,
         size_prior_sigma=scoring.get("size_prior_sigma", predictor.info.size_prior_sigma),
+        mask_score_weight=scoring.get("mask_score_weight", predictor.info.mask_score_weight),
     )
     scores = max_scores(predictor, ds, args.seeds)
     thr = threshold_for(scores, args.target_rate)

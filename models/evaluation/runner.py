@@ -201,6 +201,7 @@ def evaluate(
             "score_threshold": predictor.score_threshold,
             "size_prior_sigma": predictor.info.size_prior_sigma,
             "mask_hull_min_fill": predictor.info.mask_hull_min_fill,
+            "mask_score_weight": predictor.info.mask_score_weight,
             "model_fingerprint": predictor.fingerprint,
         },
         "runs": runs,
