@@ -1,8 +1,10 @@
 """Raw network outputs -> detections in original image pixels, shared by every backend.
 
 Scores are per (query, class) sigmoid probabilities, optionally weighed by the exemplar-size prior
-(`models/size_prior.py`); each query keeps its best class (a defect has one name); detections are
-ranked, thresholded, de-duplicated by class-wise NMS and mapped back through the letterbox.
+(`models/size_prior.py`) and by the query's mask confidence (`models/mask_score.py`), and compact
+masks may be given their convex hull (`models/mask_hull.py`); each query keeps its best class (a
+defect has one name); detections are ranked, thresholded, de-duplicated by class-wise NMS and
+mapped back through the letterbox.
 """
 
 from __future__ import annotations
@@ -72,9 +74,8 @@ def postprocess(
     `size_sigma` > 0, each query's class probabilities are weighed by how close its box is in size
     to the class's exemplars before the class is chosen and the threshold applies. With
     `mask_score_weight` w > 0 they are also multiplied by the query's mask confidence to the
-    power w (`models/mask_score.py`). A kept mask
-    that fills at least `mask_hull_min_fill` of its convex hull is given the hull
-    (`models/mask_hull.py`; 1 leaves masks as predicted).
+    power w (`models/mask_score.py`). A kept mask that fills at least `mask_hull_min_fill` of its
+    convex hull is given the hull (`models/mask_hull.py`; 1 leaves masks as predicted).
     """
     probs = _sigmoid(logits.astype(np.float32))
     xyxy = cxcywh_to_xyxy(torch.from_numpy(boxes.astype(np.float32)))
