@@ -24,9 +24,19 @@ from dataclasses import replace
 import numpy as np
 
 from models.checkpoint import set_scoring, update_meta
+from models.config import ModelConfig
 from models.data.loading import load_dataset
 from models.evaluation.calibration import CALIBRATION_SHARE, max_scores, threshold_for
 from models.predictor import TorchPredictor
+
+# command-line flag -> the model-file inference setting it sets (ModelConfig field)
+SCORING_FLAGS = {
+    "score_blend": "relevance_score_weight",
+    "background_weight": "background_weight",
+    "size_prior_sigma": "size_prior_sigma",
+    "mask_hull_min_fill": "mask_hull_min_fill",
+    "mask_score_weight": "mask_score_weight",
+}
 
 
 def main() -> None:
@@ -50,28 +60,16 @@ def main() -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
-    scoring = {
-        k: v
-        for k, v in (
-            ("relevance_score_weight", args.score_blend),
-            ("background_weight", args.background_weight),
-        )
-        if v is not None
-    }
-    if any(not 0 <= v <= 1 for v in scoring.values()):
-        p.error("--score-blend and --background-weight must lie in [0, 1]")
-    if args.size_prior_sigma is not None:
-        if not 0 <= args.size_prior_sigma <= 10:
-            p.error("--size-prior-sigma must lie in [0, 10] (0 turns the prior off)")
-        scoring["size_prior_sigma"] = args.size_prior_sigma
-    if args.mask_score_weight is not None:
-        if not 0 <= args.mask_score_weight <= 4:
-            p.error("--mask-score-weight must lie in [0, 4] (0 turns it off)")
-        scoring["mask_score_weight"] = args.mask_score_weight
-    if args.mask_hull_min_fill is not None:
-        if not 0 <= args.mask_hull_min_fill <= 1:
-            p.error("--mask-hull-min-fill must lie in [0, 1] (1 turns the hull off)")
-        scoring["mask_hull_min_fill"] = args.mask_hull_min_fill
+    scoring: dict[str, float] = {}
+    for flag, field in SCORING_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        try:  # the config owns each field's valid range
+            ModelConfig(**{field: value})
+        except ValueError as exc:
+            p.error(f"--{flag.replace('_', '-')}: {exc}")
+        scoring[field] = value
     ds = load_dataset(args.data)
     predictor = TorchPredictor.load(args.model)
     predictor.model.relevance_weight = scoring.get(  # score as the rewritten file will
