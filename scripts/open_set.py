@@ -50,6 +50,7 @@ def run_split(args: argparse.Namespace, seed: int) -> dict:
             args.train_seed,
             model_cfg.image_size,
             frozenset({held}),
+            args.cutpaste,
         )
         described.append({"held_out_classes": [held], "holdout_seed": seed})
         model_path = Trainer(model_cfg, cfg, sources, out, described).run()
@@ -100,6 +101,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--synthetic", type=int, default=20000)
+    p.add_argument("--cutpaste", type=int, default=0, help="CutPaste images (train.py --cutpaste)")
     p.add_argument("--preset", default="small")
     p.add_argument(
         "--freeze-blocks",

@@ -49,6 +49,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--synthetic", type=int, default=20000, help="synthetic images (0: none)")
     p.add_argument("--synthetic-weight", type=float, default=0.5)
     p.add_argument(
+        "--cutpaste",
+        type=int,
+        default=0,
+        help="CutPaste images cut from the real datasets' own images (models/data/cutpaste.py)",
+    )
+    p.add_argument("--cutpaste-weight", type=float, default=0.5)
+    p.add_argument(
         "--holdout-seed",
         type=int,
         default=None,
@@ -85,6 +92,8 @@ def main() -> None:
         args.seed,
         model_cfg.image_size,
         frozenset(exclude),
+        args.cutpaste,
+        args.cutpaste_weight,
     )
     described.append({"held_out_classes": sorted(exclude), "holdout_seed": args.holdout_seed})
     print(json.dumps({"event": "start", "sources": described}))

@@ -40,8 +40,15 @@ def open_sources(
     seed: int,
     image_size: int,
     exclude: frozenset[str] = frozenset(),
+    cutpaste_images: int = 0,
+    cutpaste_weight: float = 0.5,
 ) -> tuple[list[tuple[DefectDataset, float]], list[dict]]:
-    """Open every source; returns (dataset, weight) pairs and a JSON-able description of them."""
+    """Open every source; returns (dataset, weight) pairs and a JSON-able description of them.
+
+    With `cutpaste_images` > 0, CutPaste defects (`models/data/cutpaste.py`) made from the images of
+    the opened datasets (held-out classes already removed) are one more source.
+    """
+    from models.data.cutpaste import CutPasteDataset
     from models.data.synthetic import SyntheticDataset
 
     sources: list[tuple[DefectDataset, float]] = []
@@ -51,6 +58,11 @@ def open_sources(
         if exclude & set(ds.class_names):
             ds = WithoutClasses(ds, exclude)
         sources.append((ds, weight))
+    if cutpaste_images > 0:
+        if not sources:
+            raise ValueError("CutPaste images need at least one real dataset to cut from")
+        bases = [ds for ds, _ in sources]
+        sources.append((CutPasteDataset(bases, cutpaste_images, seed=seed), cutpaste_weight))
     if synthetic_images > 0:
         syn = SyntheticDataset(synthetic_images, seed=seed, size=(image_size, image_size))
         sources.append((syn, synthetic_weight))
