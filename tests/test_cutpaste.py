@@ -68,6 +68,13 @@ def test_a_patch_on_a_uniform_surface_is_still_visible() -> None:
         assert np.abs(out[inside].astype(int) - 128).mean() >= 0.08 * 128 - 1
 
 
+def test_a_tiny_image_comes_back_unchanged() -> None:
+    image = np.full((5, 40, 3), 90, np.uint8)
+    out, instances = paste_patches(np.random.default_rng(0), image, np.zeros((5, 40), bool), 2)
+    np.testing.assert_array_equal(out, image)
+    assert instances == []
+
+
 def test_held_out_images_are_never_cut(tmp_path: Path) -> None:
     root = tmp_path / "folder"
     write_folder_dataset(

@@ -34,6 +34,7 @@ ASPECT_RANGE = (0.25, 4.0)  # patch width / height
 BRIGHTNESS_CHANGE = (0.08, 0.30)  # |gain - 1| applied to the pasted pixels
 MAX_TRIES = 20  # placements tried per patch before giving up on it
 MAX_OVERLAP = 0.02  # share of a patch allowed to cover a real (unlabelled here) defect
+MIN_SIDE = 8  # images narrower or shorter than this (pixels) get no patch
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -78,9 +79,12 @@ def paste_patches(
 ) -> tuple[np.ndarray, list[Instance]]:
     """Paste `n_patches` altered patches of `image` into itself, clear of `occupied` (bool (H, W),
     the real defects) and of each other. Returns the new image and the patches' instances; a patch
-    that finds no free place is skipped, so fewer (even none) may come back."""
+    that finds no free place is skipped, so fewer (even none) may come back, and an image smaller
+    than MIN_SIDE on a side gets none."""
     out = image.astype(np.float32)
     h, w = occupied.shape
+    if min(h, w) < MIN_SIDE:
+        return image.copy(), []
     pasted = np.zeros((h, w), bool)
     instances: list[Instance] = []
     for _ in range(n_patches):
