@@ -27,6 +27,7 @@ import numpy as np
 
 from models.data.instances import instances_from_mask
 from models.data.records import DefectDataset, Instance, Record
+from models.data.synthetic import log_uniform
 
 CLASS_NAME = "cutpaste"
 AREA_RANGE = (0.02, 0.25)  # patch area as a share of the image area
@@ -37,14 +38,10 @@ MAX_OVERLAP = 0.02  # share of a patch allowed to cover a real (unlabelled here)
 MIN_SIDE = 8  # images narrower or shorter than this (pixels) get no patch
 
 
-def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-
-
 def _patch_size(rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
     """(height, width) of a patch that fits well inside an h x w image."""
-    area = _log_uniform(rng, *AREA_RANGE) * h * w
-    aspect = _log_uniform(rng, *ASPECT_RANGE)
+    area = log_uniform(rng, *AREA_RANGE) * h * w
+    aspect = log_uniform(rng, *ASPECT_RANGE)
     ph = int(np.clip(np.sqrt(area / aspect), 4, 0.9 * h))
     pw = int(np.clip(area / max(ph, 1), 4, 0.9 * w))
     return ph, pw

@@ -56,7 +56,7 @@ SEPARATION_PX = 2  # defects keep this gap so that they never merge into one com
 # small numeric helpers
 
 
-def _log_uniform(rng: Rng, lo: float, hi: float) -> float:
+def log_uniform(rng: Rng, lo: float, hi: float) -> float:
     """Sizes spread evenly over scales, so small and large defects are equally common."""
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
@@ -215,7 +215,7 @@ def render_surface(
 
 
 def _shape_scratch(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
-    length = _log_uniform(rng, 0.08, 0.6) * min(h, w) * scale
+    length = log_uniform(rng, 0.08, 0.6) * min(h, w) * scale
     theta = rng.uniform(0, np.pi)
     along = np.array([np.cos(theta), np.sin(theta)])
     normal = np.array([-along[1], along[0]])
@@ -236,7 +236,7 @@ def _walk(rng: Rng, start: np.ndarray, theta: float, length: float) -> np.ndarra
 
 
 def _shape_crack(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
-    length = _log_uniform(rng, 0.1, 0.5) * min(h, w) * scale
+    length = log_uniform(rng, 0.1, 0.5) * min(h, w) * scale
     theta = rng.uniform(0, 2 * np.pi)
     canvas = np.zeros((h, w), np.uint8)
     trunk = _walk(rng, _random_point(rng, h, w), theta, length)
@@ -258,7 +258,7 @@ def _draw_ellipse(
 
 
 def _shape_pit(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
-    radius = max(_log_uniform(rng, 0.007, 0.03) * min(h, w) * scale, 2.0)
+    radius = max(log_uniform(rng, 0.007, 0.03) * min(h, w) * scale, 2.0)
     canvas = np.zeros((h, w), np.uint8)
     axes = (radius, radius * rng.uniform(0.7, 1.0))
     _draw_ellipse(canvas, _random_point(rng, h, w), axes, rng.uniform(0, 180))
@@ -266,7 +266,7 @@ def _shape_pit(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
 
 
 def _shape_spot(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
-    radius = max(_log_uniform(rng, 0.01, 0.07) * min(h, w) * scale, 2.0)
+    radius = max(log_uniform(rng, 0.01, 0.07) * min(h, w) * scale, 2.0)
     canvas = np.zeros((h, w), np.uint8)
     axes = (radius, radius * rng.uniform(0.5, 1.0))
     _draw_ellipse(canvas, _random_point(rng, h, w), axes, rng.uniform(0, 180))
@@ -290,12 +290,12 @@ def _blob(rng: Rng, h: int, w: int, size: float, cells: int) -> np.ndarray:
 
 def _shape_stain(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
     return _blob(
-        rng, h, w, _log_uniform(rng, 0.08, 0.3) * min(h, w) * scale, int(rng.integers(3, 7))
+        rng, h, w, log_uniform(rng, 0.08, 0.3) * min(h, w) * scale, int(rng.integers(3, 7))
     )
 
 
 def _shape_uneven(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
-    return _blob(rng, h, w, _log_uniform(rng, 0.12, 0.35) * min(h, w) * scale, 3)
+    return _blob(rng, h, w, log_uniform(rng, 0.12, 0.35) * min(h, w) * scale, 3)
 
 
 def _jagged_polygon(rng: Rng, centre: np.ndarray, radius: float) -> np.ndarray:
@@ -314,7 +314,7 @@ def _border_point(rng: Rng, h: int, w: int) -> np.ndarray:
 
 def _shape_missing_piece(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
     """A chipped edge (a bite out of the border) or a hole through the part."""
-    radius = max(_log_uniform(rng, 0.03, 0.18) * min(h, w) * scale, 3.0)
+    radius = max(log_uniform(rng, 0.03, 0.18) * min(h, w) * scale, 3.0)
     on_edge = rng.random() < 0.6
     centre = _border_point(rng, h, w) if on_edge else _random_point(rng, h, w)
     canvas = np.zeros((h, w), np.uint8)
@@ -324,7 +324,7 @@ def _shape_missing_piece(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
 
 def _shape_inclusion(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
     """A chain of small elongated specks, all along the rolling direction."""
-    length = max(_log_uniform(rng, 0.012, 0.05) * min(h, w) * scale, 2.0)
+    length = max(log_uniform(rng, 0.012, 0.05) * min(h, w) * scale, 2.0)
     angle = rng.uniform(0, 180)
     direction = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
     centre = _random_point(rng, h, w)
@@ -340,7 +340,7 @@ def _shape_fray(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
     """A frayed border: a ragged band along one edge with fibres reaching inwards."""
     turns = int(rng.integers(4))
     ch, cw = (h, w) if turns % 2 == 0 else (w, h)  # drawn against the top edge, then rotated
-    span = max(_log_uniform(rng, 0.1, 0.5) * cw * scale, 6.0)
+    span = max(log_uniform(rng, 0.1, 0.5) * cw * scale, 6.0)
     depth = max(rng.uniform(0.01, 0.03) * ch, 2.0)
     x0 = rng.uniform(0, cw - span)
     canvas = np.zeros((ch, cw), np.uint8)
@@ -355,14 +355,14 @@ def _shape_fray(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
 
 
 def _shape_bubble(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
-    radius = max(_log_uniform(rng, 0.015, 0.07) * min(h, w) * scale, 2.5)
+    radius = max(log_uniform(rng, 0.015, 0.07) * min(h, w) * scale, 2.5)
     canvas = np.zeros((h, w), np.uint8)
     _draw_ellipse(canvas, _random_point(rng, h, w), (radius, radius), 0.0)
     return canvas.astype(bool)
 
 
 def _shape_dent(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
-    radius = max(_log_uniform(rng, 0.04, 0.2) * min(h, w) * scale, 3.0)
+    radius = max(log_uniform(rng, 0.04, 0.2) * min(h, w) * scale, 3.0)
     canvas = np.zeros((h, w), np.uint8)
     axes = (radius, radius * rng.uniform(0.4, 1.0))
     _draw_ellipse(canvas, _random_point(rng, h, w), axes, rng.uniform(0, 180))
@@ -371,7 +371,7 @@ def _shape_dent(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
 
 def _shape_line(rng: Rng, h: int, w: int, scale: float) -> np.ndarray:
     """A long straight mark (roller or guide line), usually along an image axis."""
-    length = _log_uniform(rng, 0.4, 1.0) * max(h, w) * scale
+    length = log_uniform(rng, 0.4, 1.0) * max(h, w) * scale
     axis_aligned = rng.random() < 0.6
     theta = (
         rng.choice([0, np.pi / 2]) + rng.normal(0, 0.03) if axis_aligned else rng.uniform(0, np.pi)
