@@ -63,6 +63,7 @@ def main() -> None:
     summary = {
         "model": report["mean"],
         "false_alarm_rate": report["false_alarm_rate"],
+        "false_alarm_rate_outside_calibration": report["false_alarm_rate_outside_calibration"],
         "image_recall": report["image_recall"],
         "images_per_s": report["images_per_s"],
         "ap50_defect_images_only": report["ap50_defect_images_only"],

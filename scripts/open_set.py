@@ -51,6 +51,7 @@ def run_split(args: argparse.Namespace, seed: int) -> dict:
             model_cfg.image_size,
             frozenset({held}),
             args.cutpaste,
+            real_defect_free=args.real_defect_free,
         )
         described.append({"held_out_classes": [held], "holdout_seed": seed})
         model_path = Trainer(model_cfg, cfg, sources, out, described).run()
@@ -102,6 +103,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--synthetic", type=int, default=20000)
     p.add_argument("--cutpaste", type=int, default=0, help="CutPaste images (train.py --cutpaste)")
+    p.add_argument(
+        "--real-defect-free",
+        action="store_true",
+        help="also train on the datasets' defect-free images, the evaluation's good tiles "
+        "(train.py --real-defect-free)",
+    )
     p.add_argument("--preset", default="small")
     p.add_argument(
         "--freeze-blocks",

@@ -55,6 +55,7 @@ def test_evaluate_script_reports_ap_beating_chance(tiny_run, tmp_path):
     assert {"ap50_box", "ap50_mask", "images"} <= set(report["per_class"]["spot"])
     assert report["mean"]["ap50_box"] > 30  # chance is near 0 for boxes on 128 px images
     assert 0 <= report["false_alarm_rate"] <= 1 and report["images_per_s"] > 0
+    assert 0 <= report["false_alarm_rate_outside_calibration"] <= 1
     assert {"per_class", "mean", "false_alarm_rate"} <= set(report["baseline"])
     assert report["settings"]["prompts_per_class"] == 3
     assert len(report["runs"]) == 2

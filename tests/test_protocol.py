@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.data.records import Record
-from models.evaluation.protocol import holdout_class, split_prompts
+from models.evaluation.protocol import holdout_class, is_calibration_image, split_prompts
 
 
 def _records(spec: dict[tuple[str, ...], int]) -> list[Record]:
@@ -106,3 +106,12 @@ def test_holdout_class_is_deterministic_and_order_free() -> None:
     assert picked in names
     assert holdout_class(list(reversed(names)), 42) == picked
     assert len({holdout_class(names, seed) for seed in range(40)}) == len(names)
+
+
+def test_calibration_share_is_stable_and_about_its_size() -> None:
+    ids = [f"Free/exp{i}_num_{i * 7919}" for i in range(3000)]
+    picked = [i for i in ids if is_calibration_image(i)]
+    assert 0.27 < len(picked) / len(ids) < 0.33
+    assert picked == [i for i in reversed(ids) if is_calibration_image(i)][::-1]
+    assert all(is_calibration_image(i, share=1.0) for i in ids)
+    assert not any(is_calibration_image(i, share=0.0) for i in ids)

@@ -8,23 +8,14 @@ the same images are used every time and the rest stay unseen by the calibration.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from models.data.records import DefectDataset, Record
-from models.evaluation.protocol import split_prompts
+from models.evaluation.protocol import CALIBRATION_SHARE, is_calibration_image, split_prompts
 from models.evaluation.runner import class_prototypes, class_sides, prompt_material
 from models.predictor import TorchPredictor
-
-CALIBRATION_SHARE = 0.3
-
-
-def is_calibration_image(image_id: str, share: float = CALIBRATION_SHARE) -> bool:
-    """Stable membership of the calibration share (independent of order and seeds)."""
-    digest = hashlib.sha256(image_id.encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < share
 
 
 def calibration_images(records: Sequence[Record], share: float = CALIBRATION_SHARE) -> list[Record]:
