@@ -184,7 +184,6 @@ def _mean_over_seeds(runs: list[dict], key: str, classes: Sequence[str]) -> dict
             "images_per_s",
             "box_recall_ceiling",
         )
-        if all(k in p for p in parts)  # reports written before a field existed lack it
     }
     return {
         "per_class": per_class,
