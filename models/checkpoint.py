@@ -121,6 +121,7 @@ SCORING_FIELDS = (
     "size_prior_sigma",
     "mask_hull_min_fill",
     "mask_score_weight",
+    "template_match_weight",
 )
 
 

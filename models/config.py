@@ -16,6 +16,7 @@ LEGACY_DEFAULTS: dict = {
     "size_prior_sigma": 0.0,
     "mask_hull_min_fill": 1.0,
     "mask_score_weight": 0.0,
+    "template_match_weight": 0.0,
 }
 
 
@@ -49,6 +50,7 @@ class ModelConfig:
     size_prior_sigma: float = 0.7  # exemplar-size prior width in log size (size_prior.py); 0: off
     mask_hull_min_fill: float = 0.3  # a mask filling this share of its hull gets it (mask_hull.py)
     mask_score_weight: float = 1.0  # inference score *= mask confidence^w (mask_score.py); 0: off
+    template_match_weight: float = 1.0  # score *= exemplar-crop NCC^w (template_match.py); 0: off
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over
@@ -87,6 +89,8 @@ class ModelConfig:
             raise ValueError("mask_hull_min_fill must lie in [0, 1] (1 turns the hull off)")
         if not 0.0 <= self.mask_score_weight <= 4.0:
             raise ValueError("mask_score_weight must lie in [0, 4] (0 turns it off)")
+        if not 0.0 <= self.template_match_weight <= 4.0:
+            raise ValueError("template_match_weight must lie in [0, 4] (0 turns it off)")
         if self.backbone not in ("efficientnet_lite0", "swin_t"):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 

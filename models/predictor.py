@@ -27,6 +27,7 @@ from models.runtime.select import (
     select_backend,
 )
 from models.runtime.torch_backend import TorchBackend
+from models.template_match import ExemplarCrop, template_factors
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -143,14 +144,23 @@ class Predictor:
         max_detections: int = 100,
         with_masks: bool = True,
         class_sides: Sequence[np.ndarray] | None = None,
+        class_crops: Sequence[Sequence[ExemplarCrop]] | None = None,
     ) -> list[Detections]:
         """Detections for each uint8 RGB image, class indices into the rows of `prototypes`.
 
         `class_sides` (per class, the log sizes of its exemplar boxes: `size_prior.log_sides`)
         turns on the model's exemplar-size prior (`models/size_prior.py`); None scores without it.
+        `class_crops` (per class, its exemplars' grey crops: `template_match.exemplar_crops`)
+        turns on the exemplar-appearance check (`models/template_match.py`); None skips it.
         """
         return self.detect_timed(
-            images, prototypes, score_threshold, max_detections, with_masks, class_sides
+            images,
+            prototypes,
+            score_threshold,
+            max_detections,
+            with_masks,
+            class_sides,
+            class_crops,
         )[0]
 
     def detect_timed(
@@ -161,6 +171,7 @@ class Predictor:
         max_detections: int = 100,
         with_masks: bool = True,
         class_sides: Sequence[np.ndarray] | None = None,
+        class_crops: Sequence[Sequence[ExemplarCrop]] | None = None,
     ) -> tuple[list[Detections], StageTimes]:
         """`detect` plus the seconds spent in preprocess, predict (the model call), postprocess."""
         thr = self.score_threshold if score_threshold is None else score_threshold
@@ -170,6 +181,11 @@ class Predictor:
         out = self.raw(batch, prototypes)
         t2 = time.perf_counter()
         dets = self.postprocess(out, boxes, thr, max_detections, with_masks, class_sides)
+        if class_crops is not None and self.info.template_match_weight > 0:
+            dets = [
+                self.check_templates(im, d, class_crops, thr)
+                for im, d in zip(images, dets, strict=True)
+            ]
         t3 = time.perf_counter()
         return dets, StageTimes(t1 - t0, t2 - t1, t3 - t2)
 
@@ -199,6 +215,32 @@ class Predictor:
             )
             for i, lb in enumerate(letterboxes)
         ]
+
+    def check_templates(
+        self,
+        image: np.ndarray,
+        det: Detections,
+        class_crops: Sequence[Sequence[ExemplarCrop]],
+        score_threshold: float | np.ndarray,
+    ) -> Detections:
+        """`det` rescored by the exemplar-appearance check, re-thresholded and re-ranked.
+
+        The factors lie in [0, 1], so checking only what already passed the threshold loses
+        nothing, and keeps the cost to the detections a caller will see.
+        """
+        weight = self.info.template_match_weight
+        factors = template_factors(image, det.boxes, det.class_index, class_crops, weight)
+        scores = det.scores * factors
+        n_cls = max(len(class_crops), int(det.class_index.max(initial=-1)) + 1, 1)
+        thr = np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (n_cls,))
+        keep = np.nonzero(scores >= thr[det.class_index])[0]
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        return Detections(
+            class_index=det.class_index[keep],
+            scores=scores[keep].astype(np.float32),
+            boxes=det.boxes[keep],
+            masks=None if det.masks is None else det.masks[keep],
+        )
 
 
 class TorchPredictor(Predictor):

@@ -193,6 +193,9 @@ class PrototypeSnapshot:
     counts: list[int]  # exemplars per class, aligned with class_names
     # per class, its exemplars' boxes (n, 4) float32 xyxy in their images' pixels (size prior)
     exemplar_boxes: tuple[np.ndarray, ...] | None = None
+    # per class, the sha256 of each exemplar's stored source image, aligned with exemplar_boxes
+    # (the template check crops them: service/exemplar_crops.py)
+    exemplar_images: tuple[tuple[str, ...], ...] | None = None
 
 
 @dataclass(frozen=True)

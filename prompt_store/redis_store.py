@@ -24,8 +24,8 @@ are a hash tag so that a Redis Cluster keeps a namespace on one slot and scripts
 Atomicity: every change is one Lua script (validation first, then writes, then the prototype
 recompute, INCR of the version and PUBLISH), so readers never see half a change and every change
 has its own version and event. Reads that span several keys run in one read-only script
-(`fetch_prototypes`: prototypes, counts and exemplar boxes) or re-read until the version did not
-move (export, re-extraction).
+(`fetch_prototypes`: prototypes, counts, exemplar boxes and image hashes) or re-read until the
+version did not move (export, re-extraction).
 
 Prototypes: recomputed inside the script from *all* exemplars of the class, summed in float64 in
 byte order of the exemplar ids, normalised, cast to float32. A running sum would be cheaper but
@@ -328,9 +328,9 @@ return {'ok', v}
 )
 
 # Read-only: what an inspection needs of a namespace, atomically. Returns {version, fingerprint,
-# embed_dim, {class, prototype, ...}, {class, count, ...}, {class, region, ...}} (fingerprint and
-# embed_dim nil when the namespace does not exist; regions of every exemplar, classes in byte
-# order, exemplars in id order).
+# embed_dim, {class, prototype, ...}, {class, count, ...}, {class, region, image_hash, ...}}
+# (fingerprint and embed_dim nil when the namespace does not exist; the region and source image of
+# every exemplar, classes in byte order, exemplars in id order).
 _LUA_FETCH_PROTOTYPES = (
     LUA_PRELUDE
     + r"""
@@ -340,8 +340,10 @@ local classes = redis.call('HKEYS', P .. 'classes')
 table.sort(classes)
 for _, class in ipairs(classes) do
   for _, id in ipairs(redis.call('ZRANGE', P .. 'members:' .. class, 0, -1)) do
+    local rec = redis.call('HMGET', P .. 'ex:' .. id, 'region', 'image_hash')
     regions[#regions + 1] = class
-    regions[#regions + 1] = redis.call('HGET', P .. 'ex:' .. id, 'region') or ''
+    regions[#regions + 1] = rec[1] or ''
+    regions[#regions + 1] = rec[2] or ''
   end
 end
 return {current_version(), meta[1], meta[2], redis.call('HGETALL', P .. 'protos'),
@@ -704,8 +706,9 @@ class RedisPromptStore:
     # ---- reads --------------------------------------------------------------------------------
 
     def fetch_prototypes(self, ns: str, fingerprint: str) -> PrototypeSnapshot:
-        """The (C, d) prototype matrix with its version and each class's exemplar boxes (the size
-        prior's input), in one read-only script: one round trip, one version."""
+        """The (C, d) prototype matrix with its version and each class's exemplar boxes and source
+        image hashes (the size prior's and the template check's input), in one read-only script:
+        one round trip, one version."""
         validate_namespace(ns)
         validate_fingerprint(fingerprint)
         version, fp, dim, protos, counts, regions = self._call(
@@ -725,10 +728,12 @@ class RedisPromptStore:
             matrix[i] = embedding_from_bytes(by_name[name], dim)
         count = {_s(k): int(v) for k, v in zip(counts[::2], counts[1::2], strict=True)}
         boxes: dict[str, list[tuple[float, ...]]] = {n: [] for n in names}
-        for cls, region in zip(regions[::2], regions[1::2], strict=True):
+        images: dict[str, list[str]] = {n: [] for n in names}
+        for cls, region, img in zip(regions[::3], regions[1::3], regions[2::3], strict=True):
             name = _s(cls) or ""
             if name in boxes and region:
                 boxes[name].append(Region.from_json(_s(region) or "").box)
+                images[name].append(_s(img) or "")
         return PrototypeSnapshot(
             ns,
             int(version),
@@ -737,6 +742,7 @@ class RedisPromptStore:
             matrix,
             [count.get(n, 0) for n in names],
             tuple(np.asarray(boxes[n], dtype=np.float32).reshape(-1, 4) for n in names),
+            tuple(tuple(images[n]) for n in names),
         )
 
     def list_classes(self, ns: str) -> list[ClassSummary]:

@@ -36,6 +36,7 @@ SCORING_FLAGS = {
     "size_prior_sigma": "size_prior_sigma",
     "mask_hull_min_fill": "mask_hull_min_fill",
     "mask_score_weight": "mask_score_weight",
+    "template_match_weight": "template_match_weight",
 }
 
 
@@ -57,6 +58,9 @@ def main() -> None:
     )
     p.add_argument(
         "--mask-score-weight", type=float, default=None, help="set the mask score weight M first"
+    )
+    p.add_argument(
+        "--template-match-weight", type=float, default=None, help="set the template check T first"
     )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
@@ -82,6 +86,9 @@ def main() -> None:
         predictor.info,
         size_prior_sigma=scoring.get("size_prior_sigma", predictor.info.size_prior_sigma),
         mask_score_weight=scoring.get("mask_score_weight", predictor.info.mask_score_weight),
+        template_match_weight=scoring.get(
+            "template_match_weight", predictor.info.template_match_weight
+        ),
     )
     scores = max_scores(predictor, ds, args.seeds)
     thr = threshold_for(scores, args.target_rate)

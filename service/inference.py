@@ -56,6 +56,7 @@ class Predictor(Protocol):
         max_detections: int = 100,
         with_masks: bool = True,
         class_sides: Sequence[np.ndarray] | None = None,
+        class_crops: Sequence[Sequence[Any]] | None = None,
     ) -> list[Any]: ...
 
 
@@ -97,6 +98,7 @@ class InspectJob:
     anomaly: NamespaceMemory | None = None  # the namespace's memory, when it has references
     anomaly_map: bool = False  # return the anomaly map
     class_sides: tuple[np.ndarray, ...] | None = None  # exemplar log sizes per class (size prior)
+    class_crops: tuple[tuple[Any, ...], ...] | None = None  # exemplar crops (template check)
 
     @property
     def needs_masks(self) -> bool:
@@ -167,6 +169,7 @@ class Inspector:
             max(j.max_detections for j in jobs),
             any(j.needs_masks for j in jobs),
             first.class_sides,  # jobs of a batch share one prototype snapshot
+            first.class_crops,
         )
         timed = getattr(self.predictor, "detect_timed", None)
         start = time.perf_counter()

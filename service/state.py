@@ -22,6 +22,7 @@ from prompt_store.records import PrototypeSnapshot, StoreEvent
 from prompt_store.redis_store import EventSubscription
 from service.anomaly import AnomalyMemories, AnomalyParams, build_scorer
 from service.batching import BatchStats, MicroBatcher, model_thread
+from service.exemplar_crops import ExemplarCropCache
 from service.inference import BackendInfo, InspectJob, Inspector, InspectOutcome, build_predictor
 from service.metrics import Metrics
 from service.prototypes import PrototypeCache, StoreHealth
@@ -61,6 +62,7 @@ class AppState:
     subscription: EventSubscription | None = None
     monitor: asyncio.Task[None] | None = None
     anomaly: AnomalyMemories | None = None  # None: the anomaly mode is off
+    crops: ExemplarCropCache | None = None  # exemplar crops of the template check
     ready: bool = False
     draining: bool = False
     started_at: float = field(default_factory=time.monotonic)
@@ -172,12 +174,16 @@ async def start(settings: ServiceSettings, metrics: Metrics) -> AppState:
     await batcher.start()
     state = AppState(settings, metrics, keys, inspector, backend, handle, health, cache, batcher)
     state.anomaly = anomaly
+    crops = ExemplarCropCache(handle.store, settings.max_image_bytes, settings.max_image_pixels)
+    state.crops = crops
     if anomaly is not None:
         metrics.anomaly_memory_bytes.set_function(anomaly.nbytes)
         metrics.anomaly_namespaces.set_function(lambda: len(anomaly))
 
     def on_event(event: StoreEvent) -> None:
         cache.on_event(event)
+        if event.kind == "namespace_deleted" and event.namespace is not None:
+            crops.forget(event.namespace)
         if anomaly is not None:
             anomaly.on_event(event)
 

@@ -561,7 +561,7 @@ def _traffic(proc: ServiceProcess, namespace: str, register: bool = False) -> No
         for name in ("query_scratch.jpg", "query_ok.jpg"):
             res = client.post(
                 "/v1/inspect",
-                params={"namespace": namespace, "score_threshold": 0.15, "mask_format": "none"},
+                params={"namespace": namespace, "score_threshold": 0.1, "mask_format": "none"},
                 content=(SAMPLES / name).read_bytes(),
             )
             assert res.status_code == 200, res.text

@@ -301,7 +301,8 @@ def test_prototypes_match_the_mean_of_what_was_stored(redis_store: RedisPromptSt
 
 @pytest.mark.integration
 def test_snapshot_carries_each_class_exemplar_boxes(redis_store: RedisPromptStore) -> None:
-    """The size prior needs the exemplars' boxes with the prototypes, class by class."""
+    """The size prior needs the exemplars' boxes with the prototypes, class by class, and the
+    template check each box's source image."""
     for i, cls in enumerate(["scratch", "dent", "scratch"]):
         add(redis_store, cls, i)
     snap = redis_store.fetch_prototypes(NS, FP_A)
@@ -314,6 +315,13 @@ def test_snapshot_carries_each_class_exemplar_boxes(redis_store: RedisPromptStor
     snap = redis_store.fetch_prototypes(NS, FP_A)
     assert snap.class_names == ["pit", "scratch"]
     assert [b.tolist() for b in snap.exemplar_boxes] == [[list(box(1).box)], [list(box(2).box)]]
+    # the template check crops each exemplar from its stored image, named beside its box
+    image_hash = hashlib.sha256
+    assert snap.exemplar_images == (
+        (image_hash(b"image-1").hexdigest(),),
+        (image_hash(b"image-2").hexdigest(),),
+    )
+    assert redis_store.get_source_image(NS, snap.exemplar_images[0][0]) == b"image-1"
 
 
 @pytest.mark.integration

@@ -14,7 +14,13 @@ import numpy as np
 
 from models.data.records import DefectDataset, Record
 from models.evaluation.protocol import CALIBRATION_SHARE, is_calibration_image, split_prompts
-from models.evaluation.runner import class_prototypes, class_sides, prompt_material
+from models.evaluation.runner import (
+    AP_SCORE_FLOOR,
+    class_crops,
+    class_prototypes,
+    class_sides,
+    prompt_material,
+)
 from models.predictor import TorchPredictor
 
 
@@ -29,7 +35,10 @@ def max_scores(
     prompts_per_class: int = 5,
     batch_size: int = 8,
 ) -> np.ndarray:
-    """Per (seed, calibration image): the highest detection score with all classes prompted."""
+    """Per (seed, calibration image): the highest detection score with all classes prompted.
+
+    Every detection above a low floor is scored, not only the network's best: the exemplar check
+    (`models/template_match.py`) may re-rank them."""
     by_id = {r.image_id: r for r in ds.records}
     images = calibration_images(ds.records)
     out = []
@@ -37,15 +46,17 @@ def max_scores(
         split = split_prompts(ds.records, ds.class_names, prompts_per_class, seed)
         material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in ds.class_names}
         protos, sides = class_prototypes(predictor, material), class_sides(material)
+        crops = class_crops(material)
         for start in range(0, len(images), batch_size):
             batch = [ds.load(by_id[r.image_id])[0] for r in images[start : start + batch_size]]
             for det in predictor.detect(
                 batch,
                 protos,
-                score_threshold=0.0,
-                max_detections=1,
+                score_threshold=AP_SCORE_FLOOR,
+                max_detections=100,
                 with_masks=False,
                 class_sides=sides,
+                class_crops=crops,
             ):
                 out.append(float(det.scores[0]) if len(det) else 0.0)
     return np.asarray(out)

@@ -26,6 +26,7 @@ from models.evaluation.protocol import is_calibration_image, split_prompts
 from models.evaluation.template_baseline import TemplateMatcher
 from models.predictor import PromptRegion, TorchPredictor, prototypes_from
 from models.size_prior import log_sides
+from models.template_match import ExemplarCrop, exemplar_crops, largest
 
 AP_SCORE_FLOOR = 0.01  # detections kept for AP: low scores still rank the precision-recall curve
 
@@ -52,6 +53,20 @@ def class_sides(material: dict[str, list]) -> list[np.ndarray]:
     """Per class, the log sizes of every prompt instance (the size prior's exemplars)."""
     return [
         log_sides(np.array([x.box for _, insts in material[name] for x in insts]).reshape(-1, 4))
+        for name in material
+    ]
+
+
+def class_crops(material: dict[str, list]) -> list[list[ExemplarCrop]]:
+    """Per class, the grey crops of its largest prompt instances (the template check's input)."""
+    return [
+        largest(
+            [
+                crop
+                for image, insts in material[name]
+                for crop in exemplar_crops(image, np.array([x.box for x in insts]).reshape(-1, 4))
+            ]
+        )
         for name in material
     ]
 
@@ -102,6 +117,7 @@ def evaluate_seed(
     material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in classes}
     protos = class_prototypes(predictor, material) if predictor is not None else None
     sides = class_sides(material)
+    crops = class_crops(material)
     gt: dict[str, tuple[int, int, list[Instance]]] = {}
     model_preds: list[Prediction] = []
     base_preds: list[Prediction] = []
@@ -123,7 +139,11 @@ def evaluate_seed(
         if predictor is not None:
             t0 = time.perf_counter()
             dets = predictor.detect(
-                [im for im, _ in loaded], protos, AP_SCORE_FLOOR, class_sides=sides
+                [im for im, _ in loaded],
+                protos,
+                AP_SCORE_FLOOR,
+                class_sides=sides,
+                class_crops=crops,
             )
             model_time += time.perf_counter() - t0
         for image_id, det in zip(ids, dets, strict=False):
@@ -212,6 +232,7 @@ def evaluate(
             "size_prior_sigma": predictor.info.size_prior_sigma,
             "mask_hull_min_fill": predictor.info.mask_hull_min_fill,
             "mask_score_weight": predictor.info.mask_score_weight,
+            "template_match_weight": predictor.info.template_match_weight,
             "model_fingerprint": predictor.fingerprint,
         },
         "runs": runs,

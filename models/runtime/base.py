@@ -52,6 +52,7 @@ class ModelInfo:
     size_prior_sigma: float = 0.0  # exemplar-size prior of the postprocessing; 0: off
     mask_hull_min_fill: float = 1.0  # convex filling of compact masks (mask_hull.py); 1: off
     mask_score_weight: float = 0.0  # mask confidence in the score (mask_score.py); 0: off
+    template_match_weight: float = 0.0  # exemplar-crop check (template_match.py); 0: off
 
     @classmethod
     def from_model_file(cls, mf: ModelFile) -> ModelInfo:
@@ -69,6 +70,7 @@ class ModelInfo:
             size_prior_sigma=c.size_prior_sigma,
             mask_hull_min_fill=c.mask_hull_min_fill,
             mask_score_weight=c.mask_score_weight,
+            template_match_weight=c.template_match_weight,
         )
 
     def to_metadata(self, graph: str) -> dict[str, str]:
@@ -87,6 +89,7 @@ class ModelInfo:
             "size_prior_sigma": repr(self.size_prior_sigma),
             "mask_hull_min_fill": repr(self.mask_hull_min_fill),
             "mask_score_weight": repr(self.mask_score_weight),
+            "template_match_weight": repr(self.template_match_weight),
             "input_range": "RGB float32 in [0, 1]; normalisation is inside the graph",
         }
 
@@ -112,6 +115,7 @@ class ModelInfo:
             size_prior_sigma=float(meta.get("size_prior_sigma", "0.0")),  # older graphs: off
             mask_hull_min_fill=float(meta.get("mask_hull_min_fill", "1.0")),  # older graphs: off
             mask_score_weight=float(meta.get("mask_score_weight", "0.0")),  # older graphs: off
+            template_match_weight=float(meta.get("template_match_weight", "0.0")),  # older: off
         )
 
 

@@ -103,15 +103,28 @@ def _parse_class_thresholds(text: str | None) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What an inspection runs against, read from the namespace's snapshot."""
+
+    snapshot: Any
+    names: tuple[str, ...]
+    prototypes: np.ndarray  # (C, d)
+    thresholds: np.ndarray  # (C,)
+    sides: tuple[np.ndarray, ...] | None  # the size prior's input: log sides of exemplar boxes
+    crops: tuple[tuple[Any, ...], ...] | None  # the template check's input: exemplar crops
+    degraded: bool
+
+
 def _plan(
     state: AppState,
     namespace: str,
     classes: list[str] | None,
     score_threshold: float | None,
     class_thresholds: dict[str, float],
-) -> tuple[Any, tuple[str, ...], np.ndarray, np.ndarray, tuple[np.ndarray, ...] | None, bool]:
-    """Snapshot, class subset, prototypes, per-class thresholds and exemplar sizes (the size
-    prior's input: log sides of each class's exemplar boxes), or a clear 4xx."""
+) -> _Plan:
+    """Snapshot, class subset, prototypes, per-class thresholds, exemplar sizes and exemplar
+    crops, or a clear 4xx."""
     cached = state.cache.get(namespace)
     snap = cached.snapshot
     index = {name: i for i, name in enumerate(snap.class_names)}
@@ -141,7 +154,8 @@ def _plan(
     prototypes = np.ascontiguousarray(snap.matrix[rows])
     boxes = snap.exemplar_boxes
     sides = tuple(log_sides(boxes[i]) for i in rows) if boxes is not None else None
-    return snap, tuple(wanted), prototypes, thresholds, sides, cached.degraded
+    crops = state.crops.crops(snap, rows.tolist()) if state.crops is not None else None
+    return _Plan(snap, tuple(wanted), prototypes, thresholds, sides, crops, cached.degraded)
 
 
 @dataclass
@@ -263,9 +277,10 @@ async def _inspect(
     decode_s = time.perf_counter() - t0
     state.metrics.stage_duration.labels(stage="decode").observe(decode_s)
 
-    snap, names, prototypes, thresholds, sides, degraded = await run_in_threadpool(
+    plan = await run_in_threadpool(
         _plan, state, namespace, options.classes, options.score_threshold, per_class
     )
+    snap, names, degraded = plan.snapshot, plan.names, plan.degraded
     memory, anomaly_status = await _anomaly_memory(state, namespace)
     active = memory is not None and memory.active
     if not names and not active:
@@ -279,10 +294,11 @@ async def _inspect(
     cap = settings.max_detections
     job = InspectJob(
         image=image.rgb,
-        prototypes=prototypes,
+        prototypes=plan.prototypes,
         class_names=names,
-        thresholds=thresholds,
-        class_sides=sides,
+        thresholds=plan.thresholds,
+        class_sides=plan.sides,
+        class_crops=plan.crops,
         max_detections=min(options.max_detections or cap, cap),
         mask_format=options.mask_format,
         heatmap=options.heatmap,
