@@ -588,6 +588,7 @@ class _SizeAwareModel:
         max_detections=100,
         with_masks=True,
         class_sides=None,
+        class_crops=None,
     ):
         from models.postprocess import Detections
         from models.size_prior import size_factors
