@@ -225,7 +225,7 @@ class Predictor:
     ) -> Detections:
         """`det` rescored by the exemplar-appearance check, re-thresholded and re-ranked.
 
-        The factors lie in [0, 1], so checking only what already passed the threshold loses
+        The factors are at most 1, so checking only what already passed the threshold loses
         nothing, and keeps the cost to the detections a caller will see.
         """
         weight = self.info.template_match_weight
