@@ -50,7 +50,7 @@ class ModelConfig:
     size_prior_sigma: float = 0.7  # exemplar-size prior width in log size (size_prior.py); 0: off
     mask_hull_min_fill: float = 0.3  # a mask filling this share of its hull gets it (mask_hull.py)
     mask_score_weight: float = 1.0  # inference score *= mask confidence^w (mask_score.py); 0: off
-    template_match_weight: float = 1.0  # score *= exemplar-crop NCC^w (template_match.py); 0: off
+    template_match_weight: float = 2.0  # score *= 0.25 + 0.75 NCC^w (template_match.py); 0: off
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over

@@ -143,7 +143,7 @@ def test_the_check_reranks_and_drops_what_falls_under_the_threshold(prompt_crops
 
 
 def test_model_files_from_before_the_check_keep_scoring_without_it():
-    assert ModelConfig().template_match_weight == 1.0
+    assert ModelConfig().template_match_weight == 2.0
     legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "template_match_weight"}
     assert ModelConfig.from_dict(legacy).template_match_weight == 0.0
     with pytest.raises(ValueError, match="template_match_weight"):
