@@ -7,7 +7,9 @@ the exemplars. The exemplars' pixels say more: each detection's probability is m
     FLOOR + (1 - FLOOR) t^w,  t = max(0, best normalised cross-correlation of an exemplar crop
                                       near the detection)
 
-where the crop is turned in the four orientations of the square and resized by 0.71, 1 and 1.41,
+with w the model file's `template_match_weight` (2 for new models, chosen on the default model's
+seen classes; 0 turns the check off), where the crop is turned in the four orientations of the
+square and resized by 0.71, 1 and 1.41,
 only versions of a size compatible with the detection's box are tried (IoU >= 0.3 when centred on
 it), and only at positions whose centre falls in the box's central half. A class whose exemplars
 give no usable crop (all tinier than 4 px or flat) keeps factor 1; a detection that no crop of its
