@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from models import decode
-from models.template_match import MAX_CROPS_PER_CLASS, ExemplarCrop, exemplar_crops
+from models.template_match import MAX_CROPS_PER_CLASS, ExemplarCrop, exemplar_crops, gray
 from prompt_store.base import PromptStore
 from prompt_store.records import PrototypeSnapshot
 
@@ -35,15 +36,25 @@ def _camera_area(box: Sequence[float]) -> float:
     return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
 
 
+@dataclass
+class _Entry:
+    """One namespace's crops as of a snapshot version."""
+
+    version: int
+    cut: dict[Key, ExemplarCrop | None]  # every exemplar cut so far (None: could not be read)
+    rows: dict[int, tuple[ExemplarCrop, ...]] = field(default_factory=dict)  # class row -> crops
+
+
 class ExemplarCropCache:
-    """Namespace -> (snapshot version, per-class crops), thread-safe."""
+    """Namespace -> its crops as of one snapshot version, thread-safe. An inspection of an
+    unchanged namespace only looks its classes up."""
 
     def __init__(self, store: PromptStore, max_image_bytes: int, max_image_pixels: int) -> None:
         self._store = store
         self._max_bytes = max_image_bytes
         self._max_pixels = max_image_pixels
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[int, dict[Key, ExemplarCrop | None]]] = {}
+        self._entries: dict[str, _Entry] = {}
 
     def crops(
         self, snap: PrototypeSnapshot, rows: Sequence[int]
@@ -51,19 +62,27 @@ class ExemplarCropCache:
         """Per requested class row, its exemplar crops; None when the snapshot names no images."""
         if snap.exemplar_images is None or snap.exemplar_boxes is None:
             return None
+        with self._lock:
+            entry = self._entries.get(snap.namespace)
+        if entry is not None and entry.version == snap.version and set(rows) <= entry.rows.keys():
+            return tuple(entry.rows[i] for i in rows)  # the usual case: nothing changed
         wanted = {i: self._chosen(snap, i)[: 2 * MAX_CROPS_PER_CLASS] for i in rows}
-        known = self._known(snap)
+        known = self._known(snap, entry)
         missing = {k for keys in wanted.values() for k in keys if k not in known}
         if missing:
             known = {**known, **self._cut(snap.namespace, missing)}
-            with self._lock:
-                current = self._entries.get(snap.namespace)
-                if current is None or current[0] <= snap.version:
-                    self._entries[snap.namespace] = (snap.version, known)
-        return tuple(
-            tuple([c for k in wanted[i] if (c := known.get(k)) is not None][:MAX_CROPS_PER_CLASS])
-            for i in rows
-        )
+        found = {
+            i: tuple([c for k in keys if (c := known.get(k)) is not None][:MAX_CROPS_PER_CLASS])
+            for i, keys in wanted.items()
+        }
+        with self._lock:
+            current = self._entries.get(snap.namespace)
+            if current is None or current.version < snap.version:
+                self._entries[snap.namespace] = _Entry(snap.version, known, found)
+            elif current.version == snap.version:
+                current.cut.update(known)
+                current.rows.update(found)
+        return tuple(found[i] for i in rows)
 
     def forget(self, ns: str) -> None:
         with self._lock:
@@ -86,14 +105,14 @@ class ExemplarCropCache:
         keys.sort(key=lambda k: -_camera_area(k[1]))
         return keys
 
-    def _known(self, snap: PrototypeSnapshot) -> dict[Key, ExemplarCrop | None]:
-        with self._lock:
-            entry = self._entries.get(snap.namespace)
+    @staticmethod
+    def _known(snap: PrototypeSnapshot, entry: _Entry | None) -> dict[Key, ExemplarCrop | None]:
+        """What is already cut; a failed read (None) is retried once the namespace moved on."""
         if entry is None:
             return {}
-        version, crops = entry
-        # a failed read (None) is retried once the namespace has moved on
-        return crops if version == snap.version else {k: c for k, c in crops.items() if c}
+        if entry.version == snap.version:
+            return dict(entry.cut)
+        return {k: c for k, c in entry.cut.items() if c is not None}
 
     def _cut(self, ns: str, keys: set[Key]) -> dict[Key, ExemplarCrop | None]:
         out: dict[Key, ExemplarCrop | None] = {}
@@ -103,7 +122,7 @@ class ExemplarCropCache:
         for img, group in by_image.items():
             try:
                 data = self._store.get_source_image(ns, img)
-                rgb = decode.decode_image(data, self._max_bytes, self._max_pixels).rgb
+                grey = gray(decode.decode_image(data, self._max_bytes, self._max_pixels).rgb)
             except Exception as exc:  # outage, missing or undecodable: check without it
                 log.warning(
                     "exemplar image unavailable for the template check",
@@ -112,6 +131,6 @@ class ExemplarCropCache:
                 out.update({k: None for k in group})
                 continue
             for key in group:
-                found = exemplar_crops(rgb, np.asarray([key[1]], dtype=np.float32))
+                found = exemplar_crops(grey, np.asarray([key[1]], dtype=np.float32))
                 out[key] = found[0] if found else None
         return out
