@@ -122,6 +122,7 @@ SCORING_FIELDS = (
     "mask_hull_min_fill",
     "mask_score_weight",
     "template_match_weight",
+    "template_proposal_score",
 )
 
 

@@ -17,6 +17,7 @@ LEGACY_DEFAULTS: dict = {
     "mask_hull_min_fill": 1.0,
     "mask_score_weight": 0.0,
     "template_match_weight": 0.0,
+    "template_proposal_score": 0.0,
 }
 
 
@@ -51,6 +52,7 @@ class ModelConfig:
     mask_hull_min_fill: float = 0.3  # a mask filling this share of its hull gets it (mask_hull.py)
     mask_score_weight: float = 1.0  # inference score *= mask confidence^w (mask_score.py); 0: off
     template_match_weight: float = 2.0  # score *= 0.25 + 0.75 NCC^w (template_match.py); 0: off
+    template_proposal_score: float = 0.0  # opt-in: exemplar-matched regions score this x NCC
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over
@@ -91,6 +93,8 @@ class ModelConfig:
             raise ValueError("mask_score_weight must lie in [0, 4] (0 turns it off)")
         if not 0.0 <= self.template_match_weight <= 4.0:
             raise ValueError("template_match_weight must lie in [0, 4] (0 turns it off)")
+        if not 0.0 <= self.template_proposal_score <= 1.0:
+            raise ValueError("template_proposal_score must lie in [0, 1] (0 turns it off)")
         if self.backbone not in ("efficientnet_lite0", "swin_t"):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 

@@ -28,6 +28,7 @@ from models.runtime.select import (
 )
 from models.runtime.torch_backend import TorchBackend
 from models.template_match import ExemplarCrop, template_factors
+from models.template_proposals import box_masks, match_regions
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -38,6 +39,12 @@ __all__ = [
     "TorchPredictor",
     "prototypes_from",
 ]
+
+
+def _class_thresholds(score_threshold: float | np.ndarray, det: Detections, classes: int):
+    """(C,) per-class thresholds from a scalar or per-class `score_threshold`."""
+    n_cls = max(classes, int(det.class_index.max(initial=-1)) + 1, 1)
+    return np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (n_cls,))
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,8 @@ class Predictor:
         `class_sides` (per class, the log sizes of its exemplar boxes: `size_prior.log_sides`)
         turns on the model's exemplar-size prior (`models/size_prior.py`); None scores without it.
         `class_crops` (per class, its exemplars' grey crops: `template_match.exemplar_crops`)
-        turns on the exemplar-appearance check (`models/template_match.py`); None skips it.
+        turns on the exemplar-appearance check (`models/template_match.py`) and the
+        exemplar-matched proposals (`models/template_proposals.py`); None skips both.
         """
         return self.detect_timed(
             images,
@@ -184,6 +192,11 @@ class Predictor:
         if class_crops is not None and self.info.template_match_weight > 0:
             dets = [
                 self.check_templates(im, d, class_crops, thr)
+                for im, d in zip(images, dets, strict=True)
+            ]
+        if class_crops is not None and self.info.template_proposal_score > 0:
+            dets = [
+                self.add_proposals(im, d, class_crops, thr, max_detections, with_masks)
                 for im, d in zip(images, dets, strict=True)
             ]
         t3 = time.perf_counter()
@@ -231,8 +244,7 @@ class Predictor:
         weight = self.info.template_match_weight
         factors = template_factors(image, det.boxes, det.class_index, class_crops, weight)
         scores = det.scores * factors
-        n_cls = max(len(class_crops), int(det.class_index.max(initial=-1)) + 1, 1)
-        thr = np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (n_cls,))
+        thr = _class_thresholds(score_threshold, det, len(class_crops))
         keep = np.nonzero(scores >= thr[det.class_index])[0]
         keep = keep[np.argsort(-scores[keep], kind="stable")]
         return Detections(
@@ -241,6 +253,45 @@ class Predictor:
             boxes=det.boxes[keep],
             masks=None if det.masks is None else det.masks[keep],
         )
+
+    def add_proposals(
+        self,
+        image: np.ndarray,
+        det: Detections,
+        class_crops: Sequence[Sequence[ExemplarCrop]],
+        score_threshold: float | np.ndarray,
+        max_detections: int = 100,
+        with_masks: bool = True,
+    ) -> Detections:
+        """`det` plus the best exemplar-matched proposals that reach the threshold, in the places
+        `det` leaves free under `max_detections`, re-ranked; classes whose threshold is above the
+        proposal score cost nothing."""
+        top = self.info.template_proposal_score
+        thr = _class_thresholds(score_threshold, det, len(class_crops))
+        found = [(det.boxes, det.scores, det.class_index)]
+        for c, crops in enumerate(class_crops):
+            if not crops or thr[c] > top:
+                continue
+            boxes, ncc = match_regions(image, crops)
+            keep = top * ncc >= thr[c]
+            found.append((boxes[keep], top * ncc[keep], np.full(int(keep.sum()), c)))
+        if len(found) == 1:
+            return det
+        boxes = np.concatenate([f[0] for f in found]).astype(np.float32)
+        scores = np.concatenate([f[1] for f in found]).astype(np.float32)
+        classes = np.concatenate([f[2] for f in found]).astype(det.class_index.dtype)
+        # proposals fill the free places only: they never push out a network detection
+        room = max(max_detections - len(det), 0)
+        added = len(det) + np.argsort(-scores[len(det) :], kind="stable")[:room]
+        chosen = np.concatenate([np.arange(len(det)), added])
+        order = chosen[np.argsort(-scores[chosen], kind="stable")]
+        masks = None
+        if with_masks and det.masks is not None:
+            height, width = image.shape[:2]
+            masks = box_masks(boxes[order], height, width)
+            from_net = order < len(det)
+            masks[from_net] = det.masks[order[from_net]]
+        return Detections(classes[order], scores[order], boxes[order], masks)
 
 
 class TorchPredictor(Predictor):

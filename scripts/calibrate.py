@@ -9,7 +9,9 @@ probability^(1-W) x token relevance^W x (1 - the token's match to its own image)
 exemplar-size prior of width S, models/size_prior.py), then calibrate the threshold for it;
 `--mask-score-weight M` multiplies that score by the mask confidence to the power M
 (models/mask_score.py). `--mask-hull-min-fill F` sets the convex filling of compact masks
-(models/mask_hull.py; it moves no score). The file's fingerprint changes with them.
+(models/mask_hull.py; it moves no score). `--template-match-weight T` sets the exemplar check's
+exponent (models/template_match.py) and `--template-proposal-score P` the score of exemplar-matched
+proposals (models/template_proposals.py). The file's fingerprint changes with them.
 
 The threshold is the score exceeded by at most TARGET_RATE of the calibration images (a fixed
 30% hash-chosen share of the defect-free images) with every class of the dataset prompted.
@@ -37,6 +39,7 @@ SCORING_FLAGS = {
     "mask_hull_min_fill": "mask_hull_min_fill",
     "mask_score_weight": "mask_score_weight",
     "template_match_weight": "template_match_weight",
+    "template_proposal_score": "template_proposal_score",
 }
 
 
@@ -61,6 +64,12 @@ def main() -> None:
     )
     p.add_argument(
         "--template-match-weight", type=float, default=None, help="set the template check T first"
+    )
+    p.add_argument(
+        "--template-proposal-score",
+        type=float,
+        default=None,
+        help="set the exemplar-matched proposals' score P first",
     )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
@@ -88,6 +97,9 @@ def main() -> None:
         mask_score_weight=scoring.get("mask_score_weight", predictor.info.mask_score_weight),
         template_match_weight=scoring.get(
             "template_match_weight", predictor.info.template_match_weight
+        ),
+        template_proposal_score=scoring.get(
+            "template_proposal_score", predictor.info.template_proposal_score
         ),
     )
     scores = max_scores(predictor, ds, args.seeds)

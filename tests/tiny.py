@@ -32,6 +32,7 @@ TINY = get_preset(
     # the exemplar check's four turns do not cover; the check has its own tests
     # (test_template_match.py, test_exemplar_crops.py) and runs in test_deploy's default model
     template_match_weight=0.0,
+    template_proposal_score=0.0,
 )
 TINY_RANDOM = replace(TINY, pretrained=False)  # for tests that need shapes, not ImageNet weights
 

@@ -19,6 +19,7 @@ import torch
 from models.box_ops import nms as box_nms
 from models.data.records import Instance
 from models.evaluation.metrics import Prediction
+from models.template_proposals import response_peaks
 
 MIN_TEMPLATE_SIDE = 4  # smaller crops match noise
 MIN_TEMPLATE_STD = 1.0  # a flat crop has no correlation to speak of
@@ -107,15 +108,7 @@ def _templates(crop: np.ndarray, config: TemplateMatcherConfig) -> list[np.ndarr
 
 def _peaks(response: np.ndarray, size: tuple[int, int], config: TemplateMatcherConfig) -> tuple:
     """(boxes (N, 4), scores (N,)) at local maxima of a response map, strongest first."""
-    th, tw = size
-    kernel = np.ones((max(th // 2, 1) | 1, max(tw // 2, 1) | 1), np.uint8)
-    local_max = (response >= cv2.dilate(response, kernel)) & (response >= config.min_score)
-    ys, xs = np.nonzero(local_max)
-    scores = response[ys, xs]
-    best = np.argsort(-scores)[: config.peaks_per_map]
-    ys, xs, scores = ys[best], xs[best], scores[best]
-    boxes = np.stack([xs, ys, xs + tw, ys + th], axis=1).astype(np.float32)
-    return boxes, scores.astype(np.float32)
+    return response_peaks(response, size, config.min_score, config.peaks_per_map)
 
 
 class TemplateMatcher:

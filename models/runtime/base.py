@@ -53,6 +53,7 @@ class ModelInfo:
     mask_hull_min_fill: float = 1.0  # convex filling of compact masks (mask_hull.py); 1: off
     mask_score_weight: float = 0.0  # mask confidence in the score (mask_score.py); 0: off
     template_match_weight: float = 0.0  # exemplar-crop check (template_match.py); 0: off
+    template_proposal_score: float = 0.0  # exemplar-matched proposals (template_proposals.py)
 
     @classmethod
     def from_model_file(cls, mf: ModelFile) -> ModelInfo:
@@ -71,6 +72,7 @@ class ModelInfo:
             mask_hull_min_fill=c.mask_hull_min_fill,
             mask_score_weight=c.mask_score_weight,
             template_match_weight=c.template_match_weight,
+            template_proposal_score=c.template_proposal_score,
         )
 
     def to_metadata(self, graph: str) -> dict[str, str]:
@@ -90,6 +92,7 @@ class ModelInfo:
             "mask_hull_min_fill": repr(self.mask_hull_min_fill),
             "mask_score_weight": repr(self.mask_score_weight),
             "template_match_weight": repr(self.template_match_weight),
+            "template_proposal_score": repr(self.template_proposal_score),
             "input_range": "RGB float32 in [0, 1]; normalisation is inside the graph",
         }
 
@@ -116,6 +119,7 @@ class ModelInfo:
             mask_hull_min_fill=float(meta.get("mask_hull_min_fill", "1.0")),  # older graphs: off
             mask_score_weight=float(meta.get("mask_score_weight", "0.0")),  # older graphs: off
             template_match_weight=float(meta.get("template_match_weight", "0.0")),  # older: off
+            template_proposal_score=float(meta.get("template_proposal_score", "0.0")),  # older: off
         )
 
 
