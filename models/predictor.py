@@ -41,7 +41,9 @@ __all__ = [
 ]
 
 
-def _class_thresholds(score_threshold: float | np.ndarray, det: Detections, classes: int):
+def _class_thresholds(
+    score_threshold: float | np.ndarray, det: Detections, classes: int
+) -> np.ndarray:
     """(C,) per-class thresholds from a scalar or per-class `score_threshold`."""
     n_cls = max(classes, int(det.class_index.max(initial=-1)) + 1, 1)
     return np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (n_cls,))
