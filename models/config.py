@@ -18,6 +18,7 @@ LEGACY_DEFAULTS: dict = {
     "mask_score_weight": 0.0,
     "template_match_weight": 0.0,
     "template_proposal_score": 0.0,
+    "border_factor": 1.0,
 }
 
 
@@ -53,6 +54,7 @@ class ModelConfig:
     mask_score_weight: float = 1.0  # inference score *= mask confidence^w (mask_score.py); 0: off
     template_match_weight: float = 2.0  # score *= 0.25 + 0.75 NCC^w (template_match.py); 0: off
     template_proposal_score: float = 0.0  # opt-in: exemplar-matched regions score this x NCC
+    border_factor: float = 0.5  # score *= this at the border for interior classes; 1: off
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over
@@ -95,6 +97,8 @@ class ModelConfig:
             raise ValueError("template_match_weight must lie in [0, 4] (0 turns it off)")
         if not 0.0 <= self.template_proposal_score <= 1.0:
             raise ValueError("template_proposal_score must lie in [0, 1] (0 turns it off)")
+        if not 0.0 < self.border_factor <= 1.0:
+            raise ValueError("border_factor must lie in (0, 1] (1 turns the prior off)")
         if self.backbone not in ("efficientnet_lite0", "swin_t"):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.border_prior import border_factors
 from models.checkpoint import ModelFile, load_model
 from models.postprocess import Detections, postprocess
 from models.preprocess import Letterbox, to_tensor_layout
@@ -27,7 +28,7 @@ from models.runtime.select import (
     select_backend,
 )
 from models.runtime.torch_backend import TorchBackend
-from models.template_match import ExemplarCrop, template_factors
+from models.template_match import ExemplarCrop, interior_classes, template_factors
 from models.template_proposals import box_masks, match_regions
 
 __all__ = [
@@ -160,8 +161,9 @@ class Predictor:
         `class_sides` (per class, the log sizes of its exemplar boxes: `size_prior.log_sides`)
         turns on the model's exemplar-size prior (`models/size_prior.py`); None scores without it.
         `class_crops` (per class, its exemplars' grey crops: `template_match.exemplar_crops`)
-        turns on the exemplar-appearance check (`models/template_match.py`) and the
-        exemplar-matched proposals (`models/template_proposals.py`); None skips both.
+        turns on the exemplar-appearance check (`models/template_match.py`), the exemplar-border
+        prior (`models/border_prior.py`) and the exemplar-matched proposals
+        (`models/template_proposals.py`); None skips them.
         """
         return self.detect_timed(
             images,
@@ -191,7 +193,8 @@ class Predictor:
         out = self.raw(batch, prototypes)
         t2 = time.perf_counter()
         dets = self.postprocess(out, boxes, thr, max_detections, with_masks, class_sides)
-        if class_crops is not None and self.info.template_match_weight > 0:
+        checks = self.info.template_match_weight > 0 or self.info.border_factor < 1
+        if class_crops is not None and checks:
             dets = [
                 self.check_templates(im, d, class_crops, thr)
                 for im, d in zip(images, dets, strict=True)
@@ -238,13 +241,23 @@ class Predictor:
         class_crops: Sequence[Sequence[ExemplarCrop]],
         score_threshold: float | np.ndarray,
     ) -> Detections:
-        """`det` rescored by the exemplar-appearance check, re-thresholded and re-ranked.
+        """`det` rescored by the exemplar-appearance check and the exemplar-border prior,
+        re-thresholded and re-ranked.
 
         The factors are at most 1, so checking only what already passed the threshold loses
         nothing, and keeps the cost to the detections a caller will see.
         """
         weight = self.info.template_match_weight
         factors = template_factors(image, det.boxes, det.class_index, class_crops, weight)
+        height, width = image.shape[:2]
+        factors = factors * border_factors(
+            det.boxes,
+            det.class_index,
+            interior_classes(class_crops),
+            height,
+            width,
+            self.info.border_factor,
+        )
         scores = det.scores * factors
         thr = _class_thresholds(score_threshold, det, len(class_crops))
         keep = np.nonzero(scores >= thr[det.class_index])[0]

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from models.border_prior import touches_border
+
 SCALES = (0.71, 1.0, 1.41)  # template resize factors, as the baseline
 ORIENTATIONS = 4  # the 90-degree turns
 MAX_CROPS_PER_CLASS = 4  # the largest exemplars of each class are kept
@@ -52,6 +54,7 @@ class ExemplarCrop:
 
     pixels: np.ndarray  # (h, w) uint8
     scale: float = 1.0
+    at_border: bool = False  # the exemplar's box touches its prompt image's border (border_prior)
 
     @property
     def camera_size(self) -> tuple[float, float]:
@@ -71,7 +74,9 @@ def exemplar_crops(image: np.ndarray, boxes: np.ndarray) -> list[ExemplarCrop]:
     """Usable grey crops of the exemplar boxes (n, 4) xyxy drawn on one prompt image."""
     g = gray(image)
     out = []
-    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    at_border = touches_border(boxes, g.shape[0], g.shape[1])
+    for (x0, y0, x1, y1), edge in zip(boxes, at_border, strict=True):
         xa, ya = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
         xb, yb = min(int(np.ceil(x1)), g.shape[1]), min(int(np.ceil(y1)), g.shape[0])
         crop = g[ya:yb, xa:xb]
@@ -81,8 +86,13 @@ def exemplar_crops(image: np.ndarray, boxes: np.ndarray) -> list[ExemplarCrop]:
         if scale < 1.0:
             size = (max(round(crop.shape[1] * scale), 1), max(round(crop.shape[0] * scale), 1))
             crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-        out.append(ExemplarCrop(np.ascontiguousarray(crop), scale))
+        out.append(ExemplarCrop(np.ascontiguousarray(crop), scale, bool(edge)))
     return out
+
+
+def interior_classes(class_crops: Sequence[Sequence[ExemplarCrop]]) -> list[bool]:
+    """Per class, whether it has crops and none of them touches its prompt image's border."""
+    return [bool(crops) and not any(c.at_border for c in crops) for crops in class_crops]
 
 
 def largest(crops: Sequence[ExemplarCrop], k: int = MAX_CROPS_PER_CLASS) -> list[ExemplarCrop]:

@@ -40,6 +40,7 @@ SCORING_FLAGS = {
     "mask_score_weight": "mask_score_weight",
     "template_match_weight": "template_match_weight",
     "template_proposal_score": "template_proposal_score",
+    "border_factor": "border_factor",
 }
 
 
@@ -71,6 +72,9 @@ def main() -> None:
         default=None,
         help="set the exemplar-matched proposals' score P first",
     )
+    p.add_argument(
+        "--border-factor", type=float, default=None, help="set the exemplar-border prior E first"
+    )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
     scoring: dict[str, float] = {}
@@ -101,6 +105,7 @@ def main() -> None:
         template_proposal_score=scoring.get(
             "template_proposal_score", predictor.info.template_proposal_score
         ),
+        border_factor=scoring.get("border_factor", predictor.info.border_factor),
     )
     scores = max_scores(predictor, ds, args.seeds)
     thr = threshold_for(scores, args.target_rate)

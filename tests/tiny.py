@@ -28,11 +28,13 @@ TINY = get_preset(
     num_decoder_layers=2,
     spectrum_bins=32,
     spectrum_crop=32,
-    # its fixed threshold (0.3) is for unchecked scores, and its scratches lie at any angle, which
-    # the exemplar check's four turns do not cover; the check has its own tests
-    # (test_template_match.py, test_exemplar_crops.py) and runs in test_deploy's default model
+    # its fixed threshold (0.3) is for unchecked scores, its scratches lie at any angle, which
+    # the exemplar check's four turns do not cover, and its small images put many defects at the
+    # border; the check and the border prior have their own tests (test_template_match.py,
+    # test_exemplar_crops.py, test_border_prior.py) and run in test_deploy's default model
     template_match_weight=0.0,
     template_proposal_score=0.0,
+    border_factor=1.0,
 )
 TINY_RANDOM = replace(TINY, pretrained=False)  # for tests that need shapes, not ImageNet weights
 

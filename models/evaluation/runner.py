@@ -233,6 +233,7 @@ def evaluate(
             "mask_hull_min_fill": predictor.info.mask_hull_min_fill,
             "mask_score_weight": predictor.info.mask_score_weight,
             "template_match_weight": predictor.info.template_match_weight,
+            "border_factor": predictor.info.border_factor,
             "template_proposal_score": predictor.info.template_proposal_score,
             "model_fingerprint": predictor.fingerprint,
         },

@@ -54,6 +54,7 @@ class ModelInfo:
     mask_score_weight: float = 0.0  # mask confidence in the score (mask_score.py); 0: off
     template_match_weight: float = 0.0  # exemplar-crop check (template_match.py); 0: off
     template_proposal_score: float = 0.0  # exemplar-matched proposals (template_proposals.py)
+    border_factor: float = 1.0  # exemplar-border prior (border_prior.py); 1: off
 
     @classmethod
     def from_model_file(cls, mf: ModelFile) -> ModelInfo:
@@ -73,6 +74,7 @@ class ModelInfo:
             mask_score_weight=c.mask_score_weight,
             template_match_weight=c.template_match_weight,
             template_proposal_score=c.template_proposal_score,
+            border_factor=c.border_factor,
         )
 
     def to_metadata(self, graph: str) -> dict[str, str]:
@@ -93,6 +95,7 @@ class ModelInfo:
             "mask_score_weight": repr(self.mask_score_weight),
             "template_match_weight": repr(self.template_match_weight),
             "template_proposal_score": repr(self.template_proposal_score),
+            "border_factor": repr(self.border_factor),
             "input_range": "RGB float32 in [0, 1]; normalisation is inside the graph",
         }
 
@@ -120,6 +123,7 @@ class ModelInfo:
             mask_score_weight=float(meta.get("mask_score_weight", "0.0")),  # older graphs: off
             template_match_weight=float(meta.get("template_match_weight", "0.0")),  # older: off
             template_proposal_score=float(meta.get("template_proposal_score", "0.0")),  # older: off
+            border_factor=float(meta.get("border_factor", "1.0")),  # older graphs: off
         )
 
 
