@@ -34,22 +34,33 @@ def test_exemplar_crops_know_whether_they_touch_their_image_border():
 
 @settings(max_examples=50, deadline=None)
 @given(
-    x0=st.floats(0, 90),
-    y0=st.floats(0, 90),
+    x0=st.floats(3, 60),
+    y0=st.floats(3, 100),
     w=st.floats(1, 30),
     h=st.floats(1, 30),
+    edge=st.sampled_from(["left", "top", "right", "bottom"]),
     factor=st.floats(0.05, 1.0),
 )
-def test_only_interior_classes_at_the_border_are_demoted(x0, y0, w, h, factor):
-    box = np.array([[x0, y0, min(x0 + w, 100), min(y0 + h, 100)]])
-    edge = bool(touches_border(box, 100, 100)[0])
-    margin = BORDER_TOLERANCE * 100
-    near = min(box[0, 0], box[0, 1]) <= margin or max(box[0, 2], box[0, 3]) >= 100 - margin
-    assert edge == near
-    interior = border_factors(box, np.array([0]), [True], 100, 100, factor)[0]
-    assert interior == pytest.approx(factor if edge else 1.0)
-    assert border_factors(box, np.array([0]), [False], 100, 100, factor)[0] == 1.0
-    assert border_factors(box, np.array([1]), [True], 100, 100, factor)[0] == 1.0  # no exemplars
+def test_only_interior_classes_at_the_border_are_demoted(x0, y0, w, h, edge, factor):
+    """An image 100 wide and 150 high: a box kept 3 px inside is never at the border; the same box
+    moved onto any one edge always is."""
+    height, width = 150, 100
+    inside = np.array([[x0, y0, min(x0 + w, width - 3), min(y0 + h, height - 3)]])
+    moved = inside.copy()
+    bw, bh = moved[0, 2] - moved[0, 0], moved[0, 3] - moved[0, 1]
+    moved[0] = {
+        "left": (0, y0, bw, y0 + bh),
+        "top": (x0, 0, x0 + bw, bh),
+        "right": (width - bw, y0, width, y0 + bh),
+        "bottom": (x0, height - bh, x0 + bw, height),
+    }[edge]
+    assert BORDER_TOLERANCE * height < 3
+    assert not touches_border(inside, height, width)[0] and touches_border(moved, height, width)[0]
+    one = np.array([0])
+    assert border_factors(inside, one, [True], height, width, factor)[0] == 1.0
+    assert border_factors(moved, one, [True], height, width, factor)[0] == pytest.approx(factor)
+    assert border_factors(moved, one, [False], height, width, factor)[0] == 1.0
+    assert border_factors(moved, np.array([1]), [True], height, width, factor)[0] == 1.0
 
 
 class _InfoOnly:
