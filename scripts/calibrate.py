@@ -11,7 +11,8 @@ exemplar-size prior of width S, models/size_prior.py), then calibrate the thresh
 (models/mask_score.py). `--mask-hull-min-fill F` sets the convex filling of compact masks
 (models/mask_hull.py; it moves no score). `--template-match-weight T` sets the exemplar check's
 exponent (models/template_match.py) and `--template-proposal-score P` the score of exemplar-matched
-proposals (models/template_proposals.py). The file's fingerprint changes with them.
+proposals (models/template_proposals.py); `--border-factor E` sets the exemplar-border prior
+(models/border_prior.py). The file's fingerprint changes with them.
 
 The threshold is the score exceeded by at most TARGET_RATE of the calibration images (a fixed
 30% hash-chosen share of the defect-free images) with every class of the dataset prompted.

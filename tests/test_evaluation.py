@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from tests.tiny import TinySet
@@ -82,3 +83,44 @@ def test_baseline_scored_alone_equals_the_baseline_beside_a_model(tiny_run, tmp_
 
     assert scores(alone["runs"][0]) == scores(joint["runs"][0])
     assert "model" not in alone["runs"][0]
+
+
+def test_best_iou_counts_only_detections_of_the_exemplars_class():
+    from models.evaluation.exemplar_recall import best_ious
+    from models.postprocess import Detections
+
+    exemplars = np.array([[10, 10, 30, 30], [50, 50, 60, 70]], dtype=np.float32)
+    det = Detections(
+        class_index=np.array([1, 0, 0]),
+        scores=np.array([0.9, 0.5, 0.2], dtype=np.float32),
+        boxes=np.array([[50, 50, 60, 70], [10, 10, 30, 30], [12, 10, 32, 30]], np.float32),
+        masks=None,
+    )
+    assert best_ious(det, 0, exemplars) == pytest.approx([1.0, 0.0])  # class 1's box not counted
+    assert best_ious(det, 1, exemplars) == pytest.approx([0.0, 1.0])
+    assert best_ious(det, 2, exemplars).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_exemplar_recall_script_finds_the_prompts_a_trained_model_outlines(tiny_run, tmp_path):
+    data = tmp_path / "data"
+    write_folder(TinySet(24, seed=5, free=2), data)  # 12 per class: K = 3
+    out = tmp_path / "recall.json"
+    cmd = [sys.executable, str(REPO / "scripts/exemplar_recall.py"), "--data", str(data)]
+    cmd += ["--model", str(tiny_run.model_path), "--prompts-per-class", "3", "--seeds", "42"]
+    done = subprocess.run(
+        [*cmd, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(out.read_text())["seeds"]["42"]
+    assert set(found) == {"scratch", "spot"}
+    for name, row in found.items():
+        assert row["total"] == 3 and len(row["best_iou"]) == 3
+        assert row["found"] >= 1, (name, row)
+        assert f"seed 42  {name}: {row['found']} of 3" in done.stdout
+    # the tiny model scores AP50 > 30 on queries of these classes; its own prompts are easier
+    assert sum(row["found"] for row in found.values()) >= 3, found
+    bad = subprocess.run(
+        [*cmd, "--classes", "crack"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert bad.returncode == 2 and "crack" in bad.stderr and "scratch" in bad.stderr
