@@ -37,11 +37,11 @@ def main() -> None:
     from models.predictor import TorchPredictor
 
     ds = load_dataset(args.data, split=args.split)
-    predictor = TorchPredictor.load(args.model, args.threads)
     classes = args.classes or list(ds.class_names)
     unknown = sorted(set(classes) - set(ds.class_names))
-    if unknown:
+    if unknown:  # before the model loads: a typo costs no wait
         p.error(f"classes not in {args.data}: {unknown}; it has {list(ds.class_names)}")
+    predictor = TorchPredictor.load(args.model, args.threads)
     by_id = {r.image_id: r for r in ds.records}
     report: dict = {"model": predictor.fingerprint, "classes": classes, "seeds": {}}
     for seed in args.seeds:

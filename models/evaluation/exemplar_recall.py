@@ -1,5 +1,5 @@
 """Exemplar recall: how many of a class's own prompt instances the network finds again in the very
-images they were cut from, at any score.
+images they were cut from, at any score that could rank in AP50.
 
 A class the network cannot outline (a band across the whole part, for a model trained on spots
 and cracks) gets no box however its detections are scored, and AP50 alone does not say whether
