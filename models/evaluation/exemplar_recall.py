@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from models.box_ops import box_iou
+from models.evaluation import metrics
 from models.evaluation.runner import class_crops, class_prototypes, class_sides
 from models.postprocess import Detections
 from models.predictor import Predictor
@@ -36,12 +35,7 @@ class ClassRecall:
 
 def best_ious(det: Detections, class_index: int, boxes: np.ndarray) -> np.ndarray:
     """Per exemplar box (N, 4) xyxy, its best IoU with a detection of `class_index`; 0 with none."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    mine = det.boxes[det.class_index == class_index]
-    if len(boxes) == 0 or len(mine) == 0:
-        return np.zeros(len(boxes), dtype=np.float32)
-    iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(np.asarray(mine, np.float32)))
-    return iou.max(dim=1).values.numpy()
+    return metrics.best_ious(boxes, det.boxes[det.class_index == class_index])
 
 
 def exemplar_recall(
@@ -57,11 +51,10 @@ def exemplar_recall(
     sides, crops = class_sides(material), class_crops(material)
     out: dict[str, ClassRecall] = {}
     for index, name in enumerate(material):
+        images = [image for image, _ in material[name]]
+        dets = predictor.detect(images, protos, score_floor, class_sides=sides, class_crops=crops)
         ious: list[float] = []
-        for image, insts in material[name]:
-            det = predictor.detect(
-                [image], protos, score_floor, class_sides=sides, class_crops=crops
-            )[0]
+        for det, (_, insts) in zip(dets, material[name], strict=True):
             ious.extend(best_ious(det, index, np.array([x.box for x in insts])).tolist())
         found = sum(v >= min_iou for v in ious)
         out[name] = ClassRecall(found, len(ious), tuple(round(v, 3) for v in ious))

@@ -194,6 +194,15 @@ def image_recall(
     return len(_images_hit(predictions, threshold) & defective) / len(defective)
 
 
+def best_ious(truth: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Per ground-truth box (N, 4) xyxy, its best IoU with any of `boxes` (M, 4); 0 when M = 0."""
+    truth = np.asarray(truth, np.float64).reshape(-1, 4)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(truth) == 0 or len(boxes) == 0:
+        return np.zeros(len(truth))
+    return box_iou(torch.as_tensor(truth), torch.as_tensor(boxes)).max(dim=1).values.numpy()
+
+
 def box_recall_ceiling(
     gt: GroundTruth, predictions: Iterable[Prediction], iou_threshold: float = IOU_THRESHOLD
 ) -> float:
@@ -210,8 +219,6 @@ def box_recall_ceiling(
         for name in {inst.class_name for inst in instances}:
             truth = [np.asarray(i.box, np.float64) for i in instances if i.class_name == name]
             total += len(truth)
-            boxes = by_key.get((image_id, name))
-            if boxes:
-                iou = box_iou(torch.as_tensor(np.stack(truth)), torch.as_tensor(np.stack(boxes)))
-                found += int((iou.max(dim=1).values >= iou_threshold).sum())
+            boxes = by_key.get((image_id, name), [])
+            found += int((best_ious(np.stack(truth), np.array(boxes)) >= iou_threshold).sum())
     return found / total if total else float("nan")
