@@ -124,10 +124,11 @@ SCORING_FIELDS = (
     "template_match_weight",
     "template_proposal_score",
     "border_factor",
+    "prompt_views",
 )
 
 
-def set_scoring(path: str | Path, **fields: float) -> str:
+def set_scoring(path: str | Path, **fields: float | int) -> str:
     """Rewrite a model file's inference scoring (`SCORING_FIELDS` of its config), atomically and
     with the weights untouched. Returns the new fingerprint.
 

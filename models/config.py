@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from models.prompt_views import VIEW_COUNTS
+
 # Values of fields added after model files were first written, for files that lack them: such a
 # file keeps behaving as it did when it was trained and calibrated.
 LEGACY_DEFAULTS: dict = {
@@ -19,6 +21,7 @@ LEGACY_DEFAULTS: dict = {
     "template_match_weight": 0.0,
     "template_proposal_score": 0.0,
     "border_factor": 1.0,
+    "prompt_views": 1,
 }
 
 
@@ -55,6 +58,7 @@ class ModelConfig:
     template_match_weight: float = 2.0  # score *= 0.25 + 0.75 NCC^w (template_match.py); 0: off
     template_proposal_score: float = 0.0  # opt-in: exemplar-matched regions score this x NCC
     border_factor: float = 0.5  # score *= this at the border for interior classes; 1: off
+    prompt_views: int = 4  # each exemplar encoded in 1, 2, 4 or 8 flips, averaged (prompt_views.py)
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over
@@ -99,6 +103,8 @@ class ModelConfig:
             raise ValueError("template_proposal_score must lie in [0, 1] (0 turns it off)")
         if not 0.0 < self.border_factor <= 1.0:
             raise ValueError("border_factor must lie in (0, 1] (1 turns the prior off)")
+        if self.prompt_views not in VIEW_COUNTS:
+            raise ValueError(f"prompt_views must be one of {VIEW_COUNTS} (1 turns the views off)")
         if self.backbone not in ("efficientnet_lite0", "swin_t"):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 

@@ -20,6 +20,7 @@ from models.border_prior import border_factors
 from models.checkpoint import ModelFile, load_model
 from models.postprocess import Detections, postprocess
 from models.preprocess import Letterbox, to_tensor_layout
+from models.prompt_views import prompt_views
 from models.runtime.base import DEFAULT_SCORE_THRESHOLD, InferenceBackend, ModelInfo
 from models.runtime.select import (
     DEFAULT_MODEL_PATH,
@@ -134,9 +135,25 @@ class Predictor:
         return boxes, batch
 
     def encode_prompts(self, image: np.ndarray, regions: list[PromptRegion]) -> np.ndarray:
-        """(R, d) unit embeddings of regions of one uint8 RGB image (H, W, 3)."""
+        """(R, d) unit embeddings of regions of one uint8 RGB image (H, W, 3), each the
+        re-normalised mean over the model's prompt views (`models/prompt_views.py`)."""
         if not regions:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
+        boxes = np.stack([np.asarray(r.box, dtype=np.float32) for r in regions])
+        masks = [r.mask for r in regions]
+        total = np.zeros((len(regions), self.embed_dim), dtype=np.float64)
+        for view, view_boxes, view_masks in prompt_views(
+            image, boxes, masks, self.info.prompt_views
+        ):
+            view_regions = [
+                PromptRegion(b, m) for b, m in zip(view_boxes, view_masks, strict=True)
+            ]
+            total += self._encode_view(view, view_regions)
+        norms = np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
+        return (total / norms).astype(np.float32)
+
+    def _encode_view(self, image: np.ndarray, regions: list[PromptRegion]) -> np.ndarray:
+        """(R, d) unit embeddings of regions of one image as given (one encoder pass)."""
         (lb,), x = self.preprocess([image])
         boxes = lb.boxes_to_network(np.stack([r.box for r in regions]))
         masks = np.stack([region_mask(lb, r) for r in regions])

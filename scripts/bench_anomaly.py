@@ -33,6 +33,7 @@ import torch
 
 from models.anomaly.features import FeatureConfig, PatchFeatureExtractor
 from models.data.synthetic import render_surface
+from models.evaluation.report_json import report_json
 from models.predictor import Predictor
 from models.runtime.bench import machine_info, peak_rss_mib
 from models.runtime.select import RuntimeSettings
@@ -230,7 +231,7 @@ def main() -> None:
             server.stop()
     report["peak_rss_mib"] = peak_rss_mib()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=float))
+    args.out.write_text(report_json(report))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ exemplar-size prior of width S, models/size_prior.py), then calibrate the thresh
 (models/mask_hull.py; it moves no score). `--template-match-weight T` sets the exemplar check's
 exponent (models/template_match.py) and `--template-proposal-score P` the score of exemplar-matched
 proposals (models/template_proposals.py); `--border-factor E` sets the exemplar-border prior
-(models/border_prior.py). The file's fingerprint changes with them.
+(models/border_prior.py); `--prompt-views V` the flips each exemplar is encoded in
+(models/prompt_views.py). The file's fingerprint changes with them.
 
 The threshold is the score exceeded by at most TARGET_RATE of the calibration images (a fixed
 30% hash-chosen share of the defect-free images) with every class of the dataset prompted.
@@ -24,12 +25,10 @@ import argparse
 import json
 from dataclasses import replace
 
-import numpy as np
-
 from models.checkpoint import set_scoring, update_meta
 from models.config import ModelConfig
 from models.data.loading import load_dataset
-from models.evaluation.calibration import CALIBRATION_SHARE, max_scores, threshold_for
+from models.evaluation.calibration import calibrate
 from models.predictor import TorchPredictor
 
 # command-line flag -> the model-file inference setting it sets (ModelConfig field)
@@ -42,6 +41,7 @@ SCORING_FLAGS = {
     "template_match_weight": "template_match_weight",
     "template_proposal_score": "template_proposal_score",
     "border_factor": "border_factor",
+    "prompt_views": "prompt_views",
 }
 
 
@@ -76,9 +76,15 @@ def main() -> None:
     p.add_argument(
         "--border-factor", type=float, default=None, help="set the exemplar-border prior E first"
     )
+    p.add_argument(
+        "--prompt-views",
+        type=int,
+        default=None,
+        help="set the flips each exemplar is encoded in, V (1, 2, 4 or 8), first",
+    )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
-    scoring: dict[str, float] = {}
+    scoring: dict[str, float | int] = {}
     for flag, field in SCORING_FLAGS.items():
         value = getattr(args, flag)
         if value is None:
@@ -107,20 +113,9 @@ def main() -> None:
             "template_proposal_score", predictor.info.template_proposal_score
         ),
         border_factor=scoring.get("border_factor", predictor.info.border_factor),
+        prompt_views=int(scoring.get("prompt_views", predictor.info.prompt_views)),
     )
-    scores = max_scores(predictor, ds, args.seeds)
-    thr = threshold_for(scores, args.target_rate)
-    info = {
-        "score_threshold": thr,
-        "calibration": {
-            "dataset": ds.name,
-            "images": int(len(scores) // len(args.seeds)),
-            "seeds": args.seeds,
-            "share": CALIBRATION_SHARE,
-            "target_rate": args.target_rate,
-            "score_quantiles": {q: float(np.quantile(scores, q)) for q in (0.5, 0.9, 0.95, 0.99)},
-        },
-    }
+    info = calibrate(predictor, ds, args.seeds, args.target_rate)
     if not args.dry_run:
         if scoring:
             print(json.dumps({"fingerprint": set_scoring(args.model, **scoring)}))

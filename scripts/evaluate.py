@@ -17,10 +17,10 @@ AP / F1-max and the false-reject rate at the threshold calibrated from the refer
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from models.data.loading import load_dataset
+from models.evaluation.report_json import report_json
 
 
 def main() -> None:
@@ -59,7 +59,7 @@ def main() -> None:
     )
     report = evaluate(TorchPredictor.load(args.model, args.threads), ds, settings)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=float))
+    Path(args.out).write_text(report_json(report))
     summary = {
         "model": report["mean"],
         "false_alarm_rate": report["false_alarm_rate"],
@@ -71,7 +71,7 @@ def main() -> None:
     }
     if "baseline" in report:
         summary["baseline"] = report["baseline"]["mean"]
-    print(json.dumps(summary, indent=2))
+    print(report_json(summary))
 
 
 def _anomaly(args: argparse.Namespace, ds) -> None:
@@ -96,10 +96,10 @@ def _anomaly(args: argparse.Namespace, ds) -> None:
     report = evaluate_anomaly(extractor, ds, settings)
     report["published_for_comparison"] = PUBLISHED
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=float))
+    Path(args.out).write_text(report_json(report))
     keys = ("image_auroc", "pixel_auroc", "aupro_0.3", "pixel_ap", "pixel_f1_max")
     keys += ("false_reject_rate", "false_reject_rate_verdict", "detection_rate")
-    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(report_json({k: report[k] for k in keys}))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 from models.config import get_preset
 from models.data.loading import load_dataset
 from models.evaluation.protocol import holdout_class
+from models.evaluation.report_json import report_json
 from models.evaluation.runner import EvalSettings, evaluate, evaluate_baseline
 from models.predictor import TorchPredictor
 from models.training.sources import open_sources
@@ -35,7 +36,7 @@ def run_split(args: argparse.Namespace, seed: int) -> dict:
         if "baseline" not in report and not args.no_baseline:  # scored earlier with --no-baseline
             settings = EvalSettings(classes=(report["held_out"],), seeds=tuple(args.prompt_seeds))
             add_baseline(report, split_baseline(args, out, settings))
-            report_path.write_text(json.dumps(report, indent=2, default=float))
+            report_path.write_text(report_json(report))
         return report
     held = holdout_class(load_dataset(args.data).class_names, seed)
     model_path = out / "model.pt"
@@ -61,7 +62,7 @@ def run_split(args: argparse.Namespace, seed: int) -> dict:
     report["held_out"] = held
     if not args.no_baseline:
         add_baseline(report, split_baseline(args, out, settings))
-    report_path.write_text(json.dumps(report, indent=2, default=float))
+    report_path.write_text(report_json(report))
     return report
 
 
@@ -78,7 +79,7 @@ def split_baseline(args: argparse.Namespace, out: Path, settings: EvalSettings) 
         if cached["settings"]["seeds"] == list(settings.seeds):
             return cached
     report = evaluate_baseline(load_dataset(args.data), settings)
-    path.write_text(json.dumps(report, indent=2, default=float))
+    path.write_text(report_json(report))
     return report
 
 

@@ -8,7 +8,10 @@ An open-set run that holds one magnetic-tile class out (chosen by the class-spli
     python scripts/train.py --out runs/holdout42 --holdout-seed 42 \
         --data ../shared/datasets/magnetic_tile --data ../shared/datasets/neu_seg/annotations.json
 
-Re-running the same command resumes from `OUT/last.pt`. The paper-sized model on a GPU:
+With no class held out, the trained file's default score threshold is then calibrated on the first
+--data dataset's defect-free images (as scripts/calibrate.py does; --no-calibrate skips it), so the
+first command above is the whole recipe of the embedded default. Re-running the same command
+resumes from `OUT/last.pt`. The paper-sized model on a GPU:
     python scripts/train.py --preset paper --out runs/paper --data ...
 """
 
@@ -18,10 +21,14 @@ import argparse
 import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 
+from models.checkpoint import update_meta
 from models.config import get_preset
 from models.data.loading import load_dataset
+from models.evaluation.calibration import calibrate, calibration_images
 from models.evaluation.protocol import holdout_class
+from models.predictor import TorchPredictor
 from models.training.episodes import EpisodeConfig
 from models.training.sources import open_sources
 from models.training.trainer import TrainConfig, Trainer
@@ -71,7 +78,33 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="leave the default threshold uncalibrated (it is set by default, with no class held "
+        "out, on the first --data dataset's defect-free images, as scripts/calibrate.py does)",
+    )
     return p.parse_args()
+
+
+def calibrate_final(path: Path, data: str, threads: int) -> None:
+    """Write the default threshold into the trained file, calibrated on the defect-free images of
+    `data` (`models/evaluation/calibration.py`); a dataset without any leaves it unset."""
+    ds = load_dataset(data.partition("@")[0])
+    if not calibration_images(ds.records):
+        print(
+            json.dumps(
+                {
+                    "event": "calibration skipped",
+                    "why": f"{ds.name} has no "
+                    "defect-free images; run scripts/calibrate.py on the line's good parts",
+                }
+            )
+        )
+        return
+    info = calibrate(TorchPredictor.load(path, threads), ds)
+    update_meta(path, **info)
+    print(json.dumps({"event": "calibrated", **info}))
 
 
 def main() -> None:
@@ -106,6 +139,8 @@ def main() -> None:
     print(json.dumps({"event": "start", "sources": described}))
     trainer = Trainer(model_cfg, cfg, sources, args.out, described)
     final = trainer.run()
+    if not (args.no_calibrate or exclude) and args.data:
+        calibrate_final(final, args.data[0], args.threads)
     print(json.dumps({"event": "done", "model": str(final), "steps": trainer.step}))
 
 

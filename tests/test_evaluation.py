@@ -9,6 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.tiny import TinySet
 
@@ -124,3 +126,69 @@ def test_exemplar_recall_script_finds_the_prompts_a_trained_model_outlines(tiny_
         [*cmd, "--classes", "crack"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert bad.returncode == 2 and "crack" in bad.stderr and "scratch" in bad.stderr
+
+
+def _strict(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_a_dataset_without_good_parts_gives_strict_json_with_null_false_alarms(tiny_run, tmp_path):
+    """NEU-Seg-like data (no defect-free image) has no false-alarm rate: the report says null,
+    not a bare NaN that jq or a JavaScript dashboard would refuse."""
+    write_folder(TinySet(16, seed=5), tmp_path / "data")
+    out = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/evaluate.py"),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_run.model_path),
+            "--prompts-per-class",
+            "2",
+            "--seeds",
+            "42",
+            "--no-baseline",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = _strict(out.read_text())
+    assert report["false_alarm_rate"] is None and report["mean"]["ap50_box"] >= 0
+    assert _strict(done.stdout)["false_alarm_rate"] is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.recursive(
+        st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.text(max_size=3),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=10,
+    )
+)
+def test_report_json_is_strict_and_keeps_every_finite_number(value):
+    from models.evaluation.report_json import report_json
+
+    back = _strict(report_json({"x": value, "n": np.float32(0.5)}))
+    assert back["n"] == 0.5
+
+    def same(a, b):
+        if isinstance(a, float) and not np.isfinite(a):
+            return b is None
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return a == b
+
+    assert same(value, back["x"])

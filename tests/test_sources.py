@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.data.synthetic import SyntheticDataset, write_folder_dataset
+from models.data.synthetic import SYNTHETIC_CLASSES, SyntheticDataset, write_folder_dataset
 from models.training.sources import open_sources
 
 
@@ -36,3 +36,14 @@ def test_held_out_class_and_good_parts_leave_together(tmp_path: Path) -> None:
     real = sources[0][0]
     assert real.class_names == ["pit"]
     assert {r.classes for r in real.records} == {("pit",)}
+
+
+def test_a_held_out_class_takes_its_synthetic_namesake_with_it(tmp_path: Path) -> None:
+    """Holding out the real Fray must not leave the generator's frayed borders in training."""
+    sources, described = open_sources([_folder(tmp_path)], 40, 0.5, 0, 64, frozenset({"Fray"}))
+    synthetic = sources[-1][0]
+    assert "fray" not in synthetic.class_names and "fray" not in described[-1]["classes"]
+    assert not any("fray" in r.classes for r in synthetic.records)
+    assert set(synthetic.classes) == set(SYNTHETIC_CLASSES) - {"fray"}  # every other kind stays
+    full = open_sources([_folder(tmp_path)], 40, 0.5, 0, 64)[0][-1][0]
+    assert set(full.classes) == set(SYNTHETIC_CLASSES)

@@ -67,3 +67,25 @@ def threshold_for(scores: np.ndarray, target_rate: float) -> float:
     if len(scores) == 0:
         raise ValueError("no defect-free calibration images")
     return float(np.quantile(scores, 1 - target_rate, method="higher") + 1e-4)
+
+
+def calibrate(
+    predictor: TorchPredictor,
+    ds: DefectDataset,
+    seeds: Sequence[int] = (42, 82, 777),
+    target_rate: float = 0.03,
+) -> dict:
+    """The model-file metadata a calibration writes (`checkpoint.update_meta`): the threshold and
+    how it was found, so a reader of the file can tell which good parts it was set on."""
+    scores = max_scores(predictor, ds, seeds)
+    return {
+        "score_threshold": threshold_for(scores, target_rate),
+        "calibration": {
+            "dataset": ds.name,
+            "images": int(len(scores) // len(seeds)),
+            "seeds": list(seeds),
+            "share": CALIBRATION_SHARE,
+            "target_rate": target_rate,
+            "score_quantiles": {q: float(np.quantile(scores, q)) for q in (0.5, 0.9, 0.95, 0.99)},
+        },
+    }

@@ -235,6 +235,7 @@ def evaluate(
             "template_match_weight": predictor.info.template_match_weight,
             "border_factor": predictor.info.border_factor,
             "template_proposal_score": predictor.info.template_proposal_score,
+            "prompt_views": predictor.info.prompt_views,
             "model_fingerprint": predictor.fingerprint,
         },
         "runs": runs,

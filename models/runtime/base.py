@@ -55,6 +55,7 @@ class ModelInfo:
     template_match_weight: float = 0.0  # exemplar-crop check (template_match.py); 0: off
     template_proposal_score: float = 0.0  # exemplar-matched proposals (template_proposals.py)
     border_factor: float = 1.0  # exemplar-border prior (border_prior.py); 1: off
+    prompt_views: int = 1  # flips each exemplar is encoded in, averaged (prompt_views.py)
 
     @classmethod
     def from_model_file(cls, mf: ModelFile) -> ModelInfo:
@@ -75,6 +76,7 @@ class ModelInfo:
             template_match_weight=c.template_match_weight,
             template_proposal_score=c.template_proposal_score,
             border_factor=c.border_factor,
+            prompt_views=c.prompt_views,
         )
 
     def to_metadata(self, graph: str) -> dict[str, str]:
@@ -96,6 +98,7 @@ class ModelInfo:
             "template_match_weight": repr(self.template_match_weight),
             "template_proposal_score": repr(self.template_proposal_score),
             "border_factor": repr(self.border_factor),
+            "prompt_views": str(self.prompt_views),
             "input_range": "RGB float32 in [0, 1]; normalisation is inside the graph",
         }
 
@@ -124,6 +127,7 @@ class ModelInfo:
             template_match_weight=float(meta.get("template_match_weight", "0.0")),  # older: off
             template_proposal_score=float(meta.get("template_proposal_score", "0.0")),  # older: off
             border_factor=float(meta.get("border_factor", "1.0")),  # older graphs: off
+            prompt_views=int(meta.get("prompt_views", "1")),  # older graphs: one view
         )
 
 

@@ -41,6 +41,17 @@ def parse_source(spec: str) -> tuple[str, float]:
     return path, float(weight) if weight else 1.0
 
 
+def synthetic_kinds(exclude: frozenset[str]) -> list[str]:
+    """The synthetic defect kinds a run may train on: every kind but the namesakes of held-out
+    classes (case-insensitive). The generator's `fray` and `uneven` were drawn after looking at the
+    magnetic-tile classes of those names; training on them would make a held-out class partly
+    seen."""
+    from models.data.synthetic import SYNTHETIC_CLASSES
+
+    held = {name.casefold() for name in exclude}
+    return [kind for kind in SYNTHETIC_CLASSES if kind.casefold() not in held]
+
+
 def open_sources(
     specs: list[str],
     synthetic_images: int,
@@ -79,7 +90,10 @@ def open_sources(
         bases = [ds for ds, _ in sources]
         sources.append((CutPasteDataset(bases, cutpaste_images, seed=seed), cutpaste_weight))
     if synthetic_images > 0:
-        syn = SyntheticDataset(synthetic_images, seed=seed, size=(image_size, image_size))
+        kinds = synthetic_kinds(exclude)
+        syn = SyntheticDataset(
+            synthetic_images, seed=seed, size=(image_size, image_size), classes=kinds
+        )
         sources.append((syn, synthetic_weight))
     described = [
         {"name": ds.name, "weight": w, "images": len(ds.records), "classes": ds.class_names}
