@@ -145,9 +145,7 @@ class Predictor:
         for view, view_boxes, view_masks in prompt_views(
             image, boxes, masks, self.info.prompt_views
         ):
-            view_regions = [
-                PromptRegion(b, m) for b, m in zip(view_boxes, view_masks, strict=True)
-            ]
+            view_regions = [PromptRegion(b, m) for b, m in zip(view_boxes, view_masks, strict=True)]
             total += self._encode_view(view, view_regions)
         norms = np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
         return (total / norms).astype(np.float32)

@@ -1,5 +1,5 @@
-"""Prompt views: an exemplar seen as its image flipped, so its embedding does not depend on which way
-the part lay when it was photographed.
+"""Prompt views: an exemplar seen in flips of its image, so its embedding does not depend on which
+way the part lay when it was photographed.
 
 A QA engineer registers a handful of exemplars, and each one's embedding moves a little with the
 defect's orientation in its image: SSPE's radial spectrum is orientation-invariant, but the spatial

@@ -1,5 +1,5 @@
 """scripts/train.py is the whole recipe of a default model: it trains, then calibrates the default
-threshold on the first dataset's defect-free images, unless there are none or a class is held out."""
+threshold on the first dataset's defect-free images, unless it has none or a class is held out."""
 
 import json
 import subprocess
