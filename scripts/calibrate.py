@@ -47,7 +47,12 @@ SCORING_FLAGS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model file to calibrate and rewrite (no default: the embedded model is never "
+        "rewritten by accident; copy it first)",
+    )
     p.add_argument("--data", required=True, help="dataset with defect-free images")
     p.add_argument("--target-rate", type=float, default=0.03)
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 82, 777])
