@@ -43,9 +43,9 @@ def parse_source(spec: str) -> tuple[str, float]:
 
 def synthetic_kinds(exclude: frozenset[str]) -> list[str]:
     """The synthetic defect kinds a run may train on: every kind but the namesakes of held-out
-    classes (case-insensitive). The generator's `fray` and `uneven` were drawn after looking at the
-    magnetic-tile classes of those names; training on them would make a held-out class partly
-    seen."""
+    classes (case-insensitive). The generator's `fray` was drawn after looking at the real
+    magnetic-tile frays, so training on it would make a held-out Fray partly seen; a kind named
+    like a held-out class is left out on that presumption."""
     from models.data.synthetic import SYNTHETIC_CLASSES
 
     held = {name.casefold() for name in exclude}
