@@ -92,15 +92,9 @@ def calibrate_final(path: Path, data: str, threads: int) -> None:
     `data` (`models/evaluation/calibration.py`); a dataset without any leaves it unset."""
     ds = load_dataset(data.partition("@")[0])
     if not calibration_images(ds.records):
-        print(
-            json.dumps(
-                {
-                    "event": "calibration skipped",
-                    "why": f"{ds.name} has no "
-                    "defect-free images; run scripts/calibrate.py on the line's good parts",
-                }
-            )
-        )
+        why = f"{ds.name} has no defect-free images; calibrate on the line's good parts instead"
+        why += " (scripts/calibrate.py)"
+        print(json.dumps({"event": "calibration skipped", "why": why}))
         return
     info = calibrate(TorchPredictor.load(path, threads), ds)
     update_meta(path, **info)
