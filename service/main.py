@@ -13,7 +13,7 @@ from service.errors import install_error_handlers
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestAccounting
-from service.routes import health, inspect, prompts, references
+from service.routes import health, inspect, prompts, references, self_check
 from service.schemas import Problem
 from service.settings import ServiceSettings, get_settings
 
@@ -69,6 +69,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(inspect.router)
     app.include_router(prompts.router)
+    app.include_router(self_check.router)
     app.include_router(references.router)
     app.include_router(health.router)
 

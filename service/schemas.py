@@ -226,6 +226,37 @@ class ClassPublic(BaseModel):
     exemplars: list[ExemplarPublic]
 
 
+class ExemplarCheck(BaseModel):
+    """One exemplar, looked for in the very image it was cut from."""
+
+    id: str
+    box: Box = Field(min_length=4, max_length=4)
+    best_iou: float = Field(
+        ge=0, le=1, description="best box IoU with a detection of its class at any rankable score"
+    )
+    score: float | None = Field(
+        default=None, description="score of that best-overlapping detection; null with none"
+    )
+    found: bool = Field(description="a detection of its class covers it (IoU >= 0.5)")
+    caught: bool = Field(description="found, and that detection passes the threshold")
+
+
+class SelfCheck(BaseModel):
+    """Does the model outline this class at all? Its exemplars, re-found in their own images."""
+
+    namespace: str
+    class_name: str
+    version: int = Field(description="prompt version the check ran against")
+    threshold: float = Field(description="threshold `caught` is judged at")
+    total: int = Field(description="exemplars of the class")
+    checked: int = Field(description="exemplars looked for (the first images, up to a limit)")
+    found: int = Field(description="checked exemplars a detection of the class covers")
+    caught: int = Field(description="found exemplars whose detection passes the threshold")
+    verdict: Literal["outlined", "partly-outlined", "not-outlined"]
+    advice: str
+    exemplars: list[ExemplarCheck]
+
+
 class NamespacePrompts(BaseModel):
     """The classes of a namespace with their exemplars and thumbnails."""
 

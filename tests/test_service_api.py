@@ -366,6 +366,45 @@ def test_bad_inputs_get_4xx_problems_and_change_nothing(api, replicas, store, ti
         assert replica.proc.poll() is None
 
 
+def test_self_check_tells_a_class_the_model_outlines_from_one_it_cannot(api, tiny_image_bytes):
+    """A QA engineer checks a new class before relying on it: the taught scratches and spots are
+    re-found in their own images; a box drawn on plain surface, registered as a class, is not; the
+    check changes nothing."""
+    ns = _ns()
+    teach(api, ns, tiny_image_bytes)
+    clean, instances = tiny_image_bytes(41)  # a defect-free plain surface
+    assert instances == []
+    version = register(api, ns, clean, "blank", boxes=[[20, 20, 100, 100]])["version"]
+
+    res = api.get(f"/v1/namespaces/{ns}/classes/scratch/self-check")
+    assert res.status_code == 200, res.text
+    scratch = res.json()
+    assert (scratch["total"], scratch["checked"]) == (3, 3)
+    assert scratch["found"] >= 1 and scratch["verdict"] != "not-outlined", scratch
+    listed = api.get(f"/v1/namespaces/{ns}/classes/scratch").json()["exemplars"]
+    assert {e["id"] for e in scratch["exemplars"]} == {e["id"] for e in listed}
+    assert scratch["threshold"] == pytest.approx(0.2)  # the server's INSPECT_SCORE_THRESHOLD
+    for e in scratch["exemplars"]:
+        assert e["found"] == (e["best_iou"] >= 0.5)
+        assert e["caught"] == (e["found"] and e["score"] >= scratch["threshold"])
+
+    spot = api.get(f"/v1/namespaces/{ns}/classes/spot/self-check").json()
+    assert spot["found"] >= 1 and spot["verdict"] != "not-outlined", spot
+    blank = api.get(f"/v1/namespaces/{ns}/classes/blank/self-check").json()
+    assert (blank["found"], blank["verdict"]) == (0, "not-outlined"), blank
+    assert "anomaly mode" in blank["advice"]
+
+    strict = api.get(
+        f"/v1/namespaces/{ns}/classes/scratch/self-check", params={"score_threshold": 1.0}
+    ).json()
+    assert (strict["found"], strict["caught"]) == (scratch["found"], 0)
+
+    _assert_problem(api.get(f"/v1/namespaces/{ns}/classes/crack/self-check"), 404)
+    bad = api.get(f"/v1/namespaces/{ns}/classes/scratch/self-check", params={"score_threshold": 2})
+    assert bad.status_code == 422
+    assert api.get(f"/v1/namespaces/{ns}/prompts").json()["version"] == version
+
+
 def test_prompt_management_thumbnails_export_import(api, store, tiny_image_bytes):
     ns = _ns()
     teach(api, ns, tiny_image_bytes)

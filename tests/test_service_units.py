@@ -623,3 +623,31 @@ def test_an_inspection_passes_the_exemplar_sizes_of_its_snapshot_to_the_predicto
     taught_same = (log_sides(np.array([[0.0, 0.0, 40.0, 40.0]])),)
     assert inspector.run_batch([job(taught_same)])[0].rejects
     assert not inspector.run_batch([job(taught_small)])[0].rejects  # 8x smaller: below 0.5
+
+
+def test_self_check_judges_each_exemplar_by_its_own_class_at_iou_half():
+    """Only detections of the exemplar's class count; IoU 0.5 is found, the threshold is caught."""
+    from prompt_store.records import ExemplarRecord, Region
+    from service.inference import InspectOutcome
+    from service.routes.self_check import _hits, _verdict
+
+    def rec(eid: str, box: tuple[float, float, float, float]) -> ExemplarRecord:
+        return ExemplarRecord(eid, "dent", "0" * 64, Region(box, None), "qa", "", "fp")
+
+    exemplars = [rec("a", (0, 0, 10, 10)), rec("b", (50, 50, 60, 60)), rec("c", (80, 0, 90, 10))]
+    detections = [
+        {"class_name": "dent", "score": 0.9, "box": [0, 0, 10, 12]},  # covers a
+        {"class_name": "dent", "score": 0.05, "box": [50, 50, 60, 60]},  # covers b, weakly
+        {"class_name": "scratch", "score": 0.99, "box": [80, 0, 90, 10]},  # c, the wrong name
+    ]
+    outcome = InspectOutcome(detections, 0.99, None, {})
+    a, b, c = _hits(outcome, "dent", exemplars, threshold=0.3)
+    assert (a.found, a.caught, a.score) == (True, True, 0.9)
+    assert (b.found, b.caught, b.best_iou) == (True, False, 1.0)
+    assert (c.found, c.caught, c.score, c.best_iou) == (False, False, None, 0.0)
+    nothing = _hits(InspectOutcome([], 0.0, None, {}), "dent", exemplars, threshold=0.3)
+    assert [h.found for h in nothing] == [False, False, False]
+    assert _verdict(0, 0, 3)[0] == "not-outlined"
+    assert _verdict(1, 1, 3)[0] == "partly-outlined"
+    verdict, advice = _verdict(2, 1, 3)
+    assert verdict == "outlined" and "lower threshold" in advice

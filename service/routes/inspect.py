@@ -104,7 +104,7 @@ def _parse_class_thresholds(text: str | None) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class InspectionPlan:
     """What an inspection runs against, read from the namespace's snapshot."""
 
     snapshot: Any
@@ -116,13 +116,13 @@ class _Plan:
     degraded: bool
 
 
-def _plan(
+def plan_inspection(
     state: AppState,
     namespace: str,
     classes: list[str] | None,
     score_threshold: float | None,
     class_thresholds: dict[str, float],
-) -> _Plan:
+) -> InspectionPlan:
     """Snapshot, class subset, prototypes, per-class thresholds, exemplar sizes and exemplar
     crops, or a clear 4xx."""
     cached = state.cache.get(namespace)
@@ -155,7 +155,9 @@ def _plan(
     boxes = snap.exemplar_boxes
     sides = tuple(log_sides(boxes[i]) for i in rows) if boxes is not None else None
     crops = state.crops.crops(snap, rows.tolist()) if state.crops is not None else None
-    return _Plan(snap, tuple(wanted), prototypes, thresholds, sides, crops, cached.degraded)
+    return InspectionPlan(
+        snap, tuple(wanted), prototypes, thresholds, sides, crops, cached.degraded
+    )
 
 
 @dataclass
@@ -278,7 +280,7 @@ async def _inspect(
     state.metrics.stage_duration.labels(stage="decode").observe(decode_s)
 
     plan = await run_in_threadpool(
-        _plan, state, namespace, options.classes, options.score_threshold, per_class
+        plan_inspection, state, namespace, options.classes, options.score_threshold, per_class
     )
     snap, names, degraded = plan.snapshot, plan.names, plan.degraded
     memory, anomaly_status = await _anomaly_memory(state, namespace)

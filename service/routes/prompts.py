@@ -71,7 +71,7 @@ _WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 503)
 _READ_ERRORS = problem_responses(401, 403, 404, 422, 503)
 
 
-def _require_store(state: AppState) -> None:
+def require_store(state: AppState) -> None:
     """Writes need the store: refuse at once (503) during an outage."""
     if not state.health.up:
         raise Problem(
@@ -83,7 +83,7 @@ def _require_store(state: AppState) -> None:
         )
 
 
-def _label(value: str, what: str) -> str:
+def label(value: str, what: str) -> str:
     try:
         return validate_label(value, what)
     except InvalidInput as exc:
@@ -176,8 +176,8 @@ async def register_prompts(
     note: Annotated[str | None, Form(max_length=2000)] = None,
 ) -> PromptCreated:
     settings = state.settings
-    class_name = _label(class_name, "class name")
-    author = _label(author, "author")
+    class_name = label(class_name, "class name")
+    author = label(author, "author")
     try:
         note = validate_note(note)
     except InvalidInput as exc:
@@ -211,7 +211,7 @@ async def register_prompts(
     else:
         regions = [(box, None) for box in _parse_boxes(boxes or "", w, h)]
 
-    _require_store(state)
+    require_store(state)
     t0 = time.perf_counter()
     embeddings = await state.batcher.run_exclusive(state.inspector.encode, decoded.rgb, regions)
     state.metrics.stage_duration.labels(stage="encode").observe(time.perf_counter() - t0)
@@ -279,7 +279,7 @@ def list_prompts(state: StateDep, _role: AdminRole, namespace: Namespace) -> Nam
 def get_class(
     state: StateDep, _role: AdminRole, namespace: Namespace, class_name: ClassName
 ) -> ClassPublic:
-    class_name = _label(class_name, "class name")
+    class_name = label(class_name, "class name")
     return _class_public(namespace, state.store.store.get_class(namespace, class_name))
 
 
@@ -296,7 +296,7 @@ def get_thumbnail(
     class_name: ClassName,
     exemplar_id: ExemplarId,
 ) -> Response:
-    class_name = _label(class_name, "class name")
+    class_name = label(class_name, "class name")
     store = state.store.store
     info = store.get_class(namespace, class_name)
     record = next((r for r in info.exemplars if r.id == exemplar_id), None)
@@ -323,8 +323,8 @@ def get_thumbnail(
 def delete_class(
     state: StateDep, _role: AdminRole, namespace: Namespace, class_name: ClassName
 ) -> Changed:
-    class_name = _label(class_name, "class name")
-    _require_store(state)
+    class_name = label(class_name, "class name")
+    require_store(state)
     version = state.store.store.remove_class(namespace, class_name)
     state.cache.invalidate(namespace, version)
     return Changed(namespace=namespace, version=version)
@@ -343,9 +343,9 @@ def rename_class(
     class_name: ClassName,
     body: ClassRename,
 ) -> Renamed:
-    old = _label(class_name, "class name")
-    new = _label(body.name, "class name")
-    _require_store(state)
+    old = label(class_name, "class name")
+    new = label(body.name, "class name")
+    require_store(state)
     mapping = state.store.store.rename_class(namespace, old, new)
     state.cache.invalidate(namespace)
     return Renamed(namespace=namespace, class_name=new, exemplar_ids=mapping)
@@ -360,7 +360,7 @@ def rename_class(
 def delete_exemplar(
     state: StateDep, _role: AdminRole, namespace: Namespace, exemplar_id: ExemplarId
 ) -> Changed:
-    _require_store(state)
+    require_store(state)
     version = state.store.store.remove_exemplar(namespace, exemplar_id)
     state.cache.invalidate(namespace, version)
     return Changed(namespace=namespace, version=version)
@@ -373,7 +373,7 @@ def delete_exemplar(
     responses=_WRITE_ERRORS,
 )
 def delete_namespace(state: StateDep, _role: AdminRole, namespace: Namespace) -> Changed:
-    _require_store(state)
+    require_store(state)
     version = state.store.store.delete_namespace(namespace)
     state.cache.forget(namespace)
     return Changed(namespace=namespace, version=version)
@@ -433,7 +433,7 @@ async def import_namespace(
             f"the document holds embeddings of model {fingerprint!r} but this service runs "
             f"model {state.fingerprint}; re-extract it for this model",
         )
-    _require_store(state)
+    require_store(state)
     info = await run_in_threadpool(_import_document, state, body, namespace, overwrite)
     state.cache.invalidate(namespace, info.version)
     summary = NamespaceSummary(

@@ -28,7 +28,7 @@ from service.anomaly import NamespaceMemory
 from service.deps import AdminRole, StateDep
 from service.errors import Problem
 from service.images import check_size, decode_image
-from service.routes.prompts import _require_store
+from service.routes.prompts import require_store
 from service.schemas import (
     NAMESPACE_PATTERN,
     AnomalySettingsBody,
@@ -175,7 +175,7 @@ async def register_references(
         uploads.append((data, decoded.width, decoded.height, small))
     state.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - t0)
 
-    _require_store(state)
+    require_store(state)
     t0 = time.perf_counter()
     patches = await state.batcher.run_exclusive(
         state.inspector.reference_patches,
@@ -252,7 +252,7 @@ async def delete_reference(
     state: StateDep, _role: AdminRole, namespace: Namespace, reference_id: ReferenceId
 ) -> Changed:
     _require_anomaly(state)
-    _require_store(state)
+    require_store(state)
     version = await run_in_threadpool(
         state.store.store.references.remove_reference, namespace, reference_id
     )
@@ -285,7 +285,7 @@ async def put_anomaly(
         settings = AnomalySettings(body.threshold, body.min_region_fraction, body.unknown_rejects)
     except InvalidInput as exc:
         raise Problem(422, "invalid-settings", str(exc)) from exc
-    _require_store(state)
+    require_store(state)
     version = await run_in_threadpool(
         state.store.store.references.set_settings, namespace, settings
     )
