@@ -42,6 +42,15 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / union.clamp(min=1e-9)
 
 
+def best_overlaps(truth: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Per truth box (N, 4), its best IoU with any of `boxes` (M, 4) and that box's index; IoU 0
+    and index 0 when M = 0 (recall-style checks: is each truth covered, and by what?)."""
+    if len(truth) == 0 or len(boxes) == 0:
+        return torch.zeros(len(truth), dtype=truth.dtype), torch.zeros(len(truth), dtype=torch.long)
+    best, index = box_iou(truth, boxes).max(dim=1)
+    return best, index
+
+
 def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     """Pairwise GIoU (Rezatofighi et al. 2019) of xyxy boxes -> (N, M), in [-1, 1]."""
     inter, union = _inter_union(a, b)

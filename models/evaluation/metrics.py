@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from models.box_ops import box_iou
+from models.box_ops import best_overlaps
 from models.data.records import Instance
 
 MAX_DETECTIONS = 100
@@ -198,9 +198,7 @@ def best_ious(truth: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Per ground-truth box (N, 4) xyxy, its best IoU with any of `boxes` (M, 4); 0 when M = 0."""
     truth = np.asarray(truth, np.float64).reshape(-1, 4)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if len(truth) == 0 or len(boxes) == 0:
-        return np.zeros(len(truth))
-    return box_iou(torch.as_tensor(truth), torch.as_tensor(boxes)).max(dim=1).values.numpy()
+    return best_overlaps(torch.as_tensor(truth), torch.as_tensor(boxes))[0].numpy()
 
 
 def box_recall_ceiling(

@@ -20,7 +20,7 @@ import torch
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from models.box_ops import box_iou
+from models.box_ops import best_overlaps
 from prompt_store.records import ExemplarRecord
 from service.deps import AdminRole, StateDep
 from service.errors import Problem
@@ -44,11 +44,8 @@ def _hits(
     """Each exemplar of one image against that image's detections of its class."""
     dets = [d for d in outcome.detections if d["class_name"] == class_name]
     truth = torch.tensor([list(e.region.box) for e in exemplars], dtype=torch.float32)
-    if dets:
-        iou = box_iou(truth, torch.tensor([d["box"] for d in dets], dtype=torch.float32))
-        best, at = iou.max(dim=1)
-    else:
-        best, at = torch.zeros(len(exemplars)), torch.zeros(len(exemplars), dtype=torch.long)
+    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32).reshape(-1, 4)
+    best, at = best_overlaps(truth, boxes)
     out = []
     for e, iou_e, j in zip(exemplars, best.tolist(), at.tolist(), strict=True):
         score = float(dets[j]["score"]) if dets and iou_e > 0 else None
@@ -57,7 +54,7 @@ def _hits(
             ExemplarCheck(
                 id=e.id,
                 box=[float(v) for v in e.region.box],
-                best_iou=round(min(max(iou_e, 0.0), 1.0), 4),
+                best_iou=round(iou_e, 4),
                 score=score,
                 found=found,
                 caught=found and score is not None and score >= threshold,
