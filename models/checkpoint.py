@@ -123,6 +123,7 @@ SCORING_FIELDS = (
     "mask_score_weight",
     "template_match_weight",
     "template_proposal_score",
+    "proposal_gate_iou",
     "border_factor",
     "prompt_views",
 )

@@ -20,6 +20,7 @@ LEGACY_DEFAULTS: dict = {
     "mask_score_weight": 0.0,
     "template_match_weight": 0.0,
     "template_proposal_score": 0.0,
+    "proposal_gate_iou": 1.0,
     "border_factor": 1.0,
     "prompt_views": 1,
 }
@@ -56,7 +57,8 @@ class ModelConfig:
     mask_hull_min_fill: float = 0.3  # a mask filling this share of its hull gets it (mask_hull.py)
     mask_score_weight: float = 1.0  # inference score *= mask confidence^w (mask_score.py); 0: off
     template_match_weight: float = 2.0  # score *= 0.25 + 0.75 NCC^w (template_match.py); 0: off
-    template_proposal_score: float = 0.0  # opt-in: exemplar-matched regions score this x NCC
+    template_proposal_score: float = 0.2  # exemplar-matched regions score this x NCC; 0: off
+    proposal_gate_iou: float = 0.4  # ...for classes outlined below this (outline_gate.py); 1: all
     border_factor: float = 0.5  # score *= this at the border for interior classes; 1: off
     prompt_views: int = 4  # each exemplar encoded in 1, 2, 4 or 8 flips, averaged (prompt_views.py)
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
@@ -101,6 +103,8 @@ class ModelConfig:
             raise ValueError("template_match_weight must lie in [0, 4] (0 turns it off)")
         if not 0.0 <= self.template_proposal_score <= 1.0:
             raise ValueError("template_proposal_score must lie in [0, 1] (0 turns it off)")
+        if not 0.0 <= self.proposal_gate_iou <= 1.0:
+            raise ValueError("proposal_gate_iou must lie in [0, 1] (1: proposals for every class)")
         if not 0.0 < self.border_factor <= 1.0:
             raise ValueError("border_factor must lie in (0, 1] (1 turns the prior off)")
         if self.prompt_views not in VIEW_COUNTS:

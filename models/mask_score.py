@@ -22,7 +22,9 @@ def mask_confidence(mask_logits: np.ndarray) -> np.ndarray:
     """(Q, h, w) mask logits -> (Q,) mean foreground probability over each binarised mask."""
     logits = mask_logits.reshape(len(mask_logits), -1).astype(np.float32)
     fg = logits > 0
-    prob = 1.0 / (1.0 + np.exp(-logits))
+    # only foreground (positive) logits are summed; the clip keeps exp finite for very negative
+    # background ones without changing any foreground probability in float32
+    prob = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
     area = fg.sum(axis=1)
     return np.where(area > 0, (prob * fg).sum(axis=1) / np.maximum(area, 1), 0.0).astype(np.float32)
 

@@ -30,7 +30,7 @@ from models.runtime.select import (
 )
 from models.runtime.torch_backend import TorchBackend
 from models.template_match import ExemplarCrop, interior_classes, template_factors
-from models.template_proposals import box_masks, match_regions
+from models.template_proposals import PROPOSAL_MARGIN, box_masks, match_regions
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -107,6 +107,13 @@ class Predictor:
         return self.backend.info
 
     @property
+    def proposal_score(self) -> float:
+        """The top score of exemplar-matched proposals (`models/template_proposals.py`): the
+        file's `template_proposal_score`, kept below its calibrated threshold, so proposals never
+        show at the default threshold (a model calibrated low gets proportionally lower ones)."""
+        return min(self.info.template_proposal_score, PROPOSAL_MARGIN * self.info.score_threshold)
+
+    @property
     def backend_name(self) -> str:
         return self.backend.name
 
@@ -170,6 +177,7 @@ class Predictor:
         with_masks: bool = True,
         class_sides: Sequence[np.ndarray] | None = None,
         class_crops: Sequence[Sequence[ExemplarCrop]] | None = None,
+        proposal_classes: Sequence[bool] | np.ndarray | None = None,
     ) -> list[Detections]:
         """Detections for each uint8 RGB image, class indices into the rows of `prototypes`.
 
@@ -178,7 +186,8 @@ class Predictor:
         `class_crops` (per class, its exemplars' grey crops: `template_match.exemplar_crops`)
         turns on the exemplar-appearance check (`models/template_match.py`), the exemplar-border
         prior (`models/border_prior.py`) and the exemplar-matched proposals
-        (`models/template_proposals.py`); None skips them.
+        (`models/template_proposals.py`); None skips them. `proposal_classes` (C,) bool limits
+        the proposals to those classes (`models/outline_gate.py`); None lets every class have them.
         """
         return self.detect_timed(
             images,
@@ -188,6 +197,7 @@ class Predictor:
             with_masks,
             class_sides,
             class_crops,
+            proposal_classes,
         )[0]
 
     def detect_timed(
@@ -199,6 +209,7 @@ class Predictor:
         with_masks: bool = True,
         class_sides: Sequence[np.ndarray] | None = None,
         class_crops: Sequence[Sequence[ExemplarCrop]] | None = None,
+        proposal_classes: Sequence[bool] | np.ndarray | None = None,
     ) -> tuple[list[Detections], StageTimes]:
         """`detect` plus the seconds spent in preprocess, predict (the model call), postprocess."""
         thr = self.score_threshold if score_threshold is None else score_threshold
@@ -214,9 +225,11 @@ class Predictor:
                 self.check_templates(im, d, class_crops, thr)
                 for im, d in zip(images, dets, strict=True)
             ]
-        if class_crops is not None and self.info.template_proposal_score > 0:
+        if class_crops is not None and self.proposal_score > 0:
             dets = [
-                self.add_proposals(im, d, class_crops, thr, max_detections, with_masks)
+                self.add_proposals(
+                    im, d, class_crops, thr, max_detections, with_masks, proposal_classes
+                )
                 for im, d in zip(images, dets, strict=True)
             ]
         t3 = time.perf_counter()
@@ -292,15 +305,21 @@ class Predictor:
         score_threshold: float | np.ndarray,
         max_detections: int = 100,
         with_masks: bool = True,
+        proposal_classes: Sequence[bool] | np.ndarray | None = None,
     ) -> Detections:
         """`det` plus the best exemplar-matched proposals that reach the threshold, in the places
         `det` leaves free under `max_detections`, re-ranked; classes whose threshold is above the
-        proposal score cost nothing."""
-        top = self.info.template_proposal_score
+        proposal score, or left out of `proposal_classes`, cost nothing."""
+        top = self.proposal_score
         thr = _class_thresholds(score_threshold, det, len(class_crops))
+        allowed = np.ones(len(class_crops), bool) if proposal_classes is None else proposal_classes
+        if len(allowed) != len(class_crops):
+            raise ValueError(
+                f"proposal_classes has {len(allowed)} entries for {len(class_crops)} classes"
+            )
         found = [(det.boxes, det.scores, det.class_index)]
         for c, crops in enumerate(class_crops):
-            if not crops or thr[c] > top:
+            if not crops or thr[c] > top or not allowed[c]:
                 continue
             boxes, ncc = match_regions(image, crops)
             keep = top * ncc >= thr[c]

@@ -11,19 +11,21 @@ every peak becomes a detection of that class with score
 
     proposal_score * NCC,   its mask the filled box,
 
-`proposal_score` being the model file's `template_proposal_score`: 0 (off) by default, an opt-in
-search mode set with `scripts/calibrate.py --template-proposal-score P`. Template matching alone
-fires on nearly every defect-free surface, so P must stay below the file's calibrated threshold:
-then proposals cost nothing at that threshold and never raise a false alarm there, and show when
-a user lowers the threshold to search for a defect the network does not outline. Proposals are
-computed only for classes whose threshold they can reach, and fill only the places the network's
-detections leave free under `max_detections`. Sizes are in camera pixels, as for the exemplar
-check.
+`proposal_score` being the model file's `template_proposal_score` P (0.2 for new models, 0 turns
+them off; `scripts/calibrate.py --template-proposal-score P`). Template matching alone fires on
+nearly every defect-free surface, so P is held below the file's calibrated threshold (at most
+`PROPOSAL_MARGIN` of it, for a model calibrated low: `Predictor.proposal_score`): proposals cost
+nothing at that threshold and never raise a false alarm there, and show when a user lowers the
+threshold to search for a defect the network does not outline. Proposals are computed only for
+classes whose threshold they can reach, and fill only the places the network's detections leave
+free under `max_detections`. Sizes are in camera pixels, as for the exemplar check.
 
-Why it is off by default (README, "Open-set"): at P = 0.2 the classes held out of training, each
-evaluated alone, gain (the mean of the 3 x 3 magnetic-tile runs 16.9 / 14.1 -> 18.5 / 15.0 AP50,
-all of it on Uneven), but the default model with its four classes prompted together loses 5 points
-(48.5 / 48.1 -> 43.1 / 42.7): the proposals outrank its true detections that score below 0.2.
+Which classes get them is decided by the outline gate (`models/outline_gate.py`): only those whose
+own exemplars the network does not outline. Given to every class, they cost the default model 5
+points on the classes it has seen, all four prompted together (48.5 / 48.1 -> 43.1 / 42.7 AP50 at
+P = 0.2: they outrank its true detections that score below 0.2); given to the held-out Uneven
+class alone, which the network never outlines, they lift it from 0.2 / 0.0 to 7.9 / 5.2 (README,
+"Open-set").
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ MAX_SIDE = 512  # images are matched with their longer side at most this many pi
 MIN_NCC = 0.3  # response peaks below this are not proposed
 PEAKS_PER_MAP = 10  # strongest peaks kept per template version
 NMS_IOU = 0.3  # class-wise suppression of overlapping proposals
+PROPOSAL_MARGIN = 0.9  # proposals score at most this share of the model's calibrated threshold
 
 
 def response_peaks(

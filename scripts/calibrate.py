@@ -11,7 +11,9 @@ exemplar-size prior of width S, models/size_prior.py), then calibrate the thresh
 (models/mask_score.py). `--mask-hull-min-fill F` sets the convex filling of compact masks
 (models/mask_hull.py; it moves no score). `--template-match-weight T` sets the exemplar check's
 exponent (models/template_match.py) and `--template-proposal-score P` the score of exemplar-matched
-proposals (models/template_proposals.py); `--border-factor E` sets the exemplar-border prior
+proposals (models/template_proposals.py), made only for classes whose own exemplars the network
+outlines at a mean best IoU below `--proposal-gate-iou G` (models/outline_gate.py; 1: every
+class); `--border-factor E` sets the exemplar-border prior
 (models/border_prior.py); `--prompt-views V` the flips each exemplar is encoded in
 (models/prompt_views.py). The file's fingerprint changes with them.
 
@@ -40,6 +42,7 @@ SCORING_FLAGS = {
     "mask_score_weight": "mask_score_weight",
     "template_match_weight": "template_match_weight",
     "template_proposal_score": "template_proposal_score",
+    "proposal_gate_iou": "proposal_gate_iou",
     "border_factor": "border_factor",
     "prompt_views": "prompt_views",
 }
@@ -77,6 +80,12 @@ def main() -> None:
         type=float,
         default=None,
         help="set the exemplar-matched proposals' score P first",
+    )
+    p.add_argument(
+        "--proposal-gate-iou",
+        type=float,
+        default=None,
+        help="set the outline below which a class gets proposals, G, first",
     )
     p.add_argument(
         "--border-factor", type=float, default=None, help="set the exemplar-border prior E first"
@@ -117,6 +126,7 @@ def main() -> None:
         template_proposal_score=scoring.get(
             "template_proposal_score", predictor.info.template_proposal_score
         ),
+        proposal_gate_iou=scoring.get("proposal_gate_iou", predictor.info.proposal_gate_iou),
         border_factor=scoring.get("border_factor", predictor.info.border_factor),
         prompt_views=int(scoring.get("prompt_views", predictor.info.prompt_views)),
     )

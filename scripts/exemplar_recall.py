@@ -50,7 +50,9 @@ def main() -> None:
         found = exemplar_recall(predictor, material)
         report["seeds"][str(seed)] = {c: asdict(r) for c, r in found.items()}
         for c, r in found.items():
-            print(f"seed {seed}  {c}: {r.found} of {r.total} exemplars found")
+            print(
+                f"seed {seed}  {c}: {r.found} of {r.total} exemplars found, outline {r.outline:.2f}"
+            )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))

@@ -57,6 +57,7 @@ class Predictor(Protocol):
         with_masks: bool = True,
         class_sides: Sequence[np.ndarray] | None = None,
         class_crops: Sequence[Sequence[Any]] | None = None,
+        proposal_classes: Sequence[bool] | None = None,
     ) -> list[Any]: ...
 
 
@@ -99,6 +100,8 @@ class InspectJob:
     anomaly_map: bool = False  # return the anomaly map
     class_sides: tuple[np.ndarray, ...] | None = None  # exemplar log sizes per class (size prior)
     class_crops: tuple[tuple[Any, ...], ...] | None = None  # exemplar crops (template check)
+    # classes that get exemplar-matched proposals (service/outline_gate.py); None: every class
+    proposal_classes: tuple[bool, ...] | None = None
 
     @property
     def needs_masks(self) -> bool:
@@ -170,6 +173,9 @@ class Inspector:
             any(j.needs_masks for j in jobs),
             first.class_sides,  # jobs of a batch share one prototype snapshot
             first.class_crops,
+            # one snapshot version decides it for every job; a job that left it None has
+            # thresholds above every proposal's score
+            next((j.proposal_classes for j in jobs if j.proposal_classes is not None), None),
         )
         timed = getattr(self.predictor, "detect_timed", None)
         start = time.perf_counter()

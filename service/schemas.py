@@ -252,6 +252,11 @@ class SelfCheck(BaseModel):
     checked: int = Field(description="exemplars looked for (the first images, up to a limit)")
     found: int = Field(description="checked exemplars a detection of the class covers")
     caught: int = Field(description="found exemplars whose detection passes the threshold")
+    outline: float = Field(description="mean best IoU of the checked exemplars")
+    template_proposals: bool = Field(
+        description="whether inspections below the model's proposal score add exemplar-matched "
+        "regions for this class (its outline is below the model's gate)"
+    )
     verdict: Literal["outlined", "partly-outlined", "not-outlined"]
     advice: str
     exemplars: list[ExemplarCheck]

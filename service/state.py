@@ -25,6 +25,7 @@ from service.batching import BatchStats, MicroBatcher, model_thread
 from service.exemplar_crops import ExemplarCropCache
 from service.inference import BackendInfo, InspectJob, Inspector, InspectOutcome, build_predictor
 from service.metrics import Metrics
+from service.outline_gate import OutlineGate
 from service.prototypes import PrototypeCache, StoreHealth
 from service.security import KeyRing
 from service.settings import ServiceSettings
@@ -63,6 +64,7 @@ class AppState:
     monitor: asyncio.Task[None] | None = None
     anomaly: AnomalyMemories | None = None  # None: the anomaly mode is off
     crops: ExemplarCropCache | None = None  # exemplar crops of the template check
+    outlines: OutlineGate | None = None  # None: the model makes no gated proposals
     ready: bool = False
     draining: bool = False
     started_at: float = field(default_factory=time.monotonic)
@@ -176,6 +178,17 @@ async def start(settings: ServiceSettings, metrics: Metrics) -> AppState:
     state.anomaly = anomaly
     crops = ExemplarCropCache(handle.store, settings.max_image_bytes, settings.max_image_pixels)
     state.crops = crops
+    info = getattr(inspector.predictor, "info", None)  # a model file's settings (not on fakes)
+    top = getattr(inspector.predictor, "proposal_score", 0.0)
+    if info is not None and top > 0 and info.proposal_gate_iou < 1:
+        state.outlines = OutlineGate(
+            handle.store,
+            top,
+            info.proposal_gate_iou,
+            settings.max_image_bytes,
+            settings.max_image_pixels,
+        )
+    outlines = state.outlines
     if anomaly is not None:
         metrics.anomaly_memory_bytes.set_function(anomaly.nbytes)
         metrics.anomaly_namespaces.set_function(lambda: len(anomaly))
@@ -184,6 +197,8 @@ async def start(settings: ServiceSettings, metrics: Metrics) -> AppState:
         cache.on_event(event)
         if event.kind == "namespace_deleted" and event.namespace is not None:
             crops.forget(event.namespace)
+            if outlines is not None:
+                outlines.forget(event.namespace)
         if anomaly is not None:
             anomaly.on_event(event)
 

@@ -88,7 +88,7 @@ def test_baseline_scored_alone_equals_the_baseline_beside_a_model(tiny_run, tmp_
 
 
 def test_best_iou_counts_only_detections_of_the_exemplars_class():
-    from models.evaluation.exemplar_recall import best_ious
+    from models.outline_gate import best_ious
     from models.postprocess import Detections
 
     exemplars = np.array([[10, 10, 30, 30], [50, 50, 60, 70]], dtype=np.float32)

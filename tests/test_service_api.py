@@ -384,6 +384,9 @@ def test_self_check_tells_a_class_the_model_outlines_from_one_it_cannot(api, tin
     listed = api.get(f"/v1/namespaces/{ns}/classes/scratch").json()["exemplars"]
     assert {e["id"] for e in scratch["exemplars"]} == {e["id"] for e in listed}
     assert scratch["threshold"] == pytest.approx(0.2)  # the server's INSPECT_SCORE_THRESHOLD
+    ious = [e["best_iou"] for e in scratch["exemplars"]]
+    assert scratch["outline"] == pytest.approx(sum(ious) / len(ious), abs=1e-3)
+    assert not scratch["template_proposals"], "the test model makes no proposals"
     for e in scratch["exemplars"]:
         assert e["found"] == (e["best_iou"] >= 0.5)
         assert e["caught"] == (e["found"] and e["score"] >= scratch["threshold"])

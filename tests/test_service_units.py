@@ -589,6 +589,7 @@ class _SizeAwareModel:
         with_masks=True,
         class_sides=None,
         class_crops=None,
+        proposal_classes=None,
     ):
         from models.postprocess import Detections
         from models.size_prior import size_factors

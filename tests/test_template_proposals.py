@@ -1,6 +1,7 @@
 """Exemplar-matched proposals (models/template_proposals.py): a region that looks like an exemplar
 but that the network did not outline is reported, at a score capped below the calibrated
-threshold, only when the caller's threshold is low enough to show it."""
+threshold, only when the caller's threshold is low enough to show it (which classes get them:
+tests/test_outline_gate.py)."""
 
 from __future__ import annotations
 
@@ -110,9 +111,9 @@ def test_proposals_only_fill_free_places_and_never_push_out_a_network_detection(
     assert len(out) == 3 and out.scores[-1] == pytest.approx(0.02), "ranked by score"
 
 
-def test_proposals_are_opt_in_and_older_files_keep_scoring_without_them():
-    assert ModelConfig().template_proposal_score == 0.0
-    assert ModelConfig(template_proposal_score=0.2).template_proposal_score == 0.2
+def test_new_models_propose_behind_the_gate_and_older_files_keep_scoring_without_them():
+    assert ModelConfig().template_proposal_score == 0.2  # for classes not outlined only
+    assert ModelConfig(template_proposal_score=0.0).template_proposal_score == 0.0
     legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "template_proposal_score"}
     assert ModelConfig.from_dict(legacy).template_proposal_score == 0.0
     with pytest.raises(ValueError, match="template_proposal_score"):

@@ -14,13 +14,7 @@ import numpy as np
 
 from models.data.records import DefectDataset, Record
 from models.evaluation.protocol import CALIBRATION_SHARE, is_calibration_image, split_prompts
-from models.evaluation.runner import (
-    AP_SCORE_FLOOR,
-    class_crops,
-    class_prototypes,
-    class_sides,
-    prompt_material,
-)
+from models.evaluation.runner import AP_SCORE_FLOOR, prompt_inputs, prompt_material
 from models.predictor import TorchPredictor
 
 
@@ -45,18 +39,18 @@ def max_scores(
     for seed in seeds:
         split = split_prompts(ds.records, ds.class_names, prompts_per_class, seed)
         material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in ds.class_names}
-        protos, sides = class_prototypes(predictor, material), class_sides(material)
-        crops = class_crops(material)
+        inputs = prompt_inputs(predictor, material)
         for start in range(0, len(images), batch_size):
             batch = [ds.load(by_id[r.image_id])[0] for r in images[start : start + batch_size]]
             for det in predictor.detect(
                 batch,
-                protos,
+                inputs.prototypes,
                 score_threshold=AP_SCORE_FLOOR,
                 max_detections=100,
                 with_masks=False,
-                class_sides=sides,
-                class_crops=crops,
+                class_sides=inputs.sides,
+                class_crops=inputs.crops,
+                proposal_classes=inputs.proposal_classes,
             ):
                 out.append(float(det.scores[0]) if len(det) else 0.0)
     return np.asarray(out)

@@ -24,6 +24,7 @@ from models.evaluation.metrics import (
 )
 from models.evaluation.protocol import is_calibration_image, split_prompts
 from models.evaluation.template_baseline import TemplateMatcher
+from models.outline_gate import exemplar_ious, gated_classes, outline
 from models.predictor import PromptRegion, TorchPredictor, prototypes_from
 from models.size_prior import log_sides
 from models.template_match import ExemplarCrop, exemplar_crops, largest
@@ -83,6 +84,43 @@ def class_prototypes(predictor: TorchPredictor, material: dict[str, list]) -> np
     return np.stack(rows)
 
 
+def class_prompts(material: dict[str, list]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per class, (image, its instances' boxes (n, 4)) pairs: the outline gate's input."""
+    return [
+        [(image, np.array([x.box for x in insts]).reshape(-1, 4)) for image, insts in material[n]]
+        for n in material
+    ]
+
+
+@dataclass(frozen=True)
+class PromptInputs:
+    """What detection needs of a seed's prompts, computed once per seed."""
+
+    prototypes: np.ndarray  # (C, d)
+    sides: list[np.ndarray]  # the size prior's input
+    crops: list[list[ExemplarCrop]]  # the exemplar check's and the proposals' input
+    outlines: np.ndarray | None  # per class, its outline (models/outline_gate.py); None: not gated
+    proposal_classes: np.ndarray | None  # (C,) bool, the classes that get proposals
+
+
+def prompt_inputs(predictor: TorchPredictor, material: dict[str, list]) -> PromptInputs:
+    """Prototypes, sizes and crops of the prompts and, when the model file makes exemplar-matched
+    proposals behind a gate, each class's outline and whether it gets them, as the service does."""
+    protos, sides, crops = (
+        class_prototypes(predictor, material),
+        class_sides(material),
+        class_crops(material),
+    )
+    info = predictor.info
+    if predictor.proposal_score <= 0 or info.proposal_gate_iou >= 1:
+        return PromptInputs(protos, sides, crops, None, None)
+    ious = exemplar_ious(predictor, class_prompts(material), protos, sides, crops)
+    outlines = outline(ious)
+    return PromptInputs(
+        protos, sides, crops, outlines, gated_classes(outlines, info.proposal_gate_iou)
+    )
+
+
 def _summary(gt, preds, classes, free_ids, defect_ids, threshold) -> dict:
     """AP50 and the rates, plus two figures that say where AP50 is lost: AP50 with the defect-free
     images left out (the gap to AP50 is false alarms on good parts) and the box-recall ceiling
@@ -115,9 +153,7 @@ def evaluate_seed(
     by_id = {r.image_id: r for r in ds.records}
     split = split_prompts(ds.records, classes, settings.prompts_per_class, seed)
     material = {c: prompt_material(ds, split.prompts[c], c, by_id) for c in classes}
-    protos = class_prototypes(predictor, material) if predictor is not None else None
-    sides = class_sides(material)
-    crops = class_crops(material)
+    inputs = prompt_inputs(predictor, material) if predictor is not None else None
     gt: dict[str, tuple[int, int, list[Instance]]] = {}
     model_preds: list[Prediction] = []
     base_preds: list[Prediction] = []
@@ -138,12 +174,14 @@ def evaluate_seed(
         dets = []
         if predictor is not None:
             t0 = time.perf_counter()
+            assert inputs is not None
             dets = predictor.detect(
                 [im for im, _ in loaded],
-                protos,
+                inputs.prototypes,
                 AP_SCORE_FLOOR,
-                class_sides=sides,
-                class_crops=crops,
+                class_sides=inputs.sides,
+                class_crops=inputs.crops,
+                proposal_classes=inputs.proposal_classes,
             )
             model_time += time.perf_counter() - t0
         for image_id, det in zip(ids, dets, strict=False):
@@ -170,6 +208,14 @@ def evaluate_seed(
             **_summary(gt, model_preds, list(classes), free, defect, predictor.score_threshold),
             "images_per_s": len(queries) / max(model_time, 1e-9),
         }
+        if inputs is not None and inputs.outlines is not None:
+            assert inputs.proposal_classes is not None
+            result["model"]["outline"] = {
+                c: round(float(v), 4) for c, v in zip(classes, inputs.outlines, strict=True)
+            }
+            result["model"]["proposals_for"] = [
+                c for c, on in zip(classes, inputs.proposal_classes, strict=True) if on
+            ]
     if matcher is not None:
         base_thr = matcher.config.min_score
         result["baseline"] = {
@@ -235,6 +281,7 @@ def evaluate(
             "template_match_weight": predictor.info.template_match_weight,
             "border_factor": predictor.info.border_factor,
             "template_proposal_score": predictor.info.template_proposal_score,
+            "proposal_gate_iou": predictor.info.proposal_gate_iou,
             "prompt_views": predictor.info.prompt_views,
             "model_fingerprint": predictor.fingerprint,
         },

@@ -54,6 +54,7 @@ class ModelInfo:
     mask_score_weight: float = 0.0  # mask confidence in the score (mask_score.py); 0: off
     template_match_weight: float = 0.0  # exemplar-crop check (template_match.py); 0: off
     template_proposal_score: float = 0.0  # exemplar-matched proposals (template_proposals.py)
+    proposal_gate_iou: float = 1.0  # ...for classes outlined below this (outline_gate.py); 1: all
     border_factor: float = 1.0  # exemplar-border prior (border_prior.py); 1: off
     prompt_views: int = 1  # flips each exemplar is encoded in, averaged (prompt_views.py)
 
@@ -75,6 +76,7 @@ class ModelInfo:
             mask_score_weight=c.mask_score_weight,
             template_match_weight=c.template_match_weight,
             template_proposal_score=c.template_proposal_score,
+            proposal_gate_iou=c.proposal_gate_iou,
             border_factor=c.border_factor,
             prompt_views=c.prompt_views,
         )
@@ -97,6 +99,7 @@ class ModelInfo:
             "mask_score_weight": repr(self.mask_score_weight),
             "template_match_weight": repr(self.template_match_weight),
             "template_proposal_score": repr(self.template_proposal_score),
+            "proposal_gate_iou": repr(self.proposal_gate_iou),
             "border_factor": repr(self.border_factor),
             "prompt_views": str(self.prompt_views),
             "input_range": "RGB float32 in [0, 1]; normalisation is inside the graph",
@@ -126,6 +129,7 @@ class ModelInfo:
             mask_score_weight=float(meta.get("mask_score_weight", "0.0")),  # older graphs: off
             template_match_weight=float(meta.get("template_match_weight", "0.0")),  # older: off
             template_proposal_score=float(meta.get("template_proposal_score", "0.0")),  # older: off
+            proposal_gate_iou=float(meta.get("proposal_gate_iou", "1.0")),  # older: ungated
             border_factor=float(meta.get("border_factor", "1.0")),  # older graphs: off
             prompt_views=int(meta.get("prompt_views", "1")),  # older graphs: one view
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -32,6 +33,8 @@ from service.schemas import (
     problem_responses,
 )
 from service.state import AppState
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["inspection"])
 
@@ -158,6 +161,31 @@ def plan_inspection(
     return InspectionPlan(
         snap, tuple(wanted), prototypes, thresholds, sides, crops, cached.degraded
     )
+
+
+async def proposal_classes(state: AppState, plan: InspectionPlan) -> tuple[bool, ...] | None:
+    """Which requested classes get exemplar-matched proposals (`service/outline_gate.py`); None
+    when the model makes none behind a gate or no threshold lets them through."""
+    gate = state.outlines
+    if gate is None or not gate.needed(plan.thresholds):
+        return None
+    snap = plan.snapshot
+    index = {name: i for i, name in enumerate(snap.class_names)}
+    outlines = gate.cached(snap)
+    if outlines is None:
+        try:
+            prompts = await run_in_threadpool(gate.read_prompts, snap)
+            rows = list(range(len(snap.class_names)))
+            crops = None
+            if state.crops is not None:
+                crops = await run_in_threadpool(state.crops.crops, snap, rows)
+            outlines = await state.batcher.run_exclusive(
+                gate.compute, state.inspector.predictor, snap, prompts, crops
+            )
+        except Exception:  # never fail an inspection over a search aid: inspect without it
+            log.exception("class outlines not computed; inspecting without proposals")
+            return tuple(False for _ in plan.names)
+    return gate.classes(outlines, [index[name] for name in plan.names])
 
 
 @dataclass
@@ -293,6 +321,7 @@ async def _inspect(
             f"register exemplars with POST /v1/namespaces/{namespace}/prompts or defect-free "
             f"references with POST /v1/namespaces/{namespace}/references first",
         )
+    proposals = await proposal_classes(state, plan)
     cap = settings.max_detections
     job = InspectJob(
         image=image.rgb,
@@ -301,6 +330,7 @@ async def _inspect(
         thresholds=plan.thresholds,
         class_sides=plan.sides,
         class_crops=plan.crops,
+        proposal_classes=proposals,
         max_detections=min(options.max_detections or cap, cap),
         mask_format=options.mask_format,
         heatmap=options.heatmap,

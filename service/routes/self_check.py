@@ -7,7 +7,9 @@ every class of the namespace prompted (a detection must also name the right clas
 and reports, per exemplar, whether a detection of its class covers it at IoU 0.5 at any rankable
 score (found) and at the class's threshold (caught). A class whose exemplars are not found there is
 rarely found anywhere else: a held-out class the network never outlines re-finds 0-1 of its 5
-exemplars, classes it does outline 2-5 (README, "Open-set"). Nothing is written.
+exemplars, classes it does outline 2-5 (README, "Open-set"). The mean best IoU is the class's
+outline, which decides whether it gets exemplar-matched proposals (`service/outline_gate.py`).
+Nothing is written.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ async def self_check(
             thresholds=plan.thresholds,
             class_sides=plan.sides,
             class_crops=plan.crops,
+            proposal_classes=tuple(False for _ in plan.names),  # the network alone is checked
             max_detections=state.settings.max_detections,
             mask_format=MaskFormat.none,
             heatmap=False,
@@ -153,6 +156,16 @@ async def self_check(
     ]
     found, caught = sum(c.found for c in checks), sum(c.caught for c in checks)
     verdict, advice = _verdict(found, caught, len(checks))
+    outline = float(np.mean([c.best_iou for c in checks])) if checks else 1.0
+    gate = state.outlines
+    proposals = gate is not None and outline < gate.gate
+    if proposals:
+        assert gate is not None
+        advice += (
+            f" Inspections with a threshold at or below {gate.proposal_score:g} for this class "
+            "also report regions that look like its exemplars (template matching), scored at "
+            f"most {gate.proposal_score:g}."
+        )
     return SelfCheck(
         namespace=namespace,
         class_name=class_name,
@@ -162,6 +175,8 @@ async def self_check(
         checked=len(checks),
         found=found,
         caught=caught,
+        outline=round(outline, 4),
+        template_proposals=proposals,
         verdict=verdict,  # type: ignore[arg-type]
         advice=advice,
         exemplars=checks,
