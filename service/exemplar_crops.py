@@ -126,7 +126,7 @@ class ExemplarCropCache:
             except Exception as exc:  # outage, missing or undecodable: check without it
                 log.warning(
                     "exemplar image unavailable for the template check",
-                    extra={"namespace": ns, "image": img, "error": str(exc)},
+                    extra={"fields": {"namespace": ns, "image": img, "error": str(exc)}},
                 )
                 out.update({k: None for k in group})
                 continue

@@ -81,7 +81,7 @@ def build_predictor(settings: ServiceSettings) -> tuple[Predictor, BackendInfo]:
     choice = predictor.choice
     name = choice.name if choice is not None else "torch"
     device = choice.backend.device if choice is not None else "cpu"
-    log.info("inference backend", extra={"backend": name, "device": device})
+    log.info("inference backend", extra={"fields": {"backend": name, "device": device}})
     return predictor, BackendInfo(name, device, predictor.size)
 
 

@@ -108,9 +108,14 @@ class OutlineGate:
         log.info(
             "class outlines computed",
             extra={
-                "namespace": snap.namespace,
-                "version": snap.version,
-                "outlines": dict(zip(snap.class_names, outlines.round(3).tolist(), strict=True)),
+                "fields": {
+                    "namespace": snap.namespace,
+                    "version": snap.version,
+                    "outlines": {
+                        n: round(float(v), 3)
+                        for n, v in zip(snap.class_names, outlines, strict=True)
+                    },
+                }
             },
         )
         return outlines
@@ -130,6 +135,6 @@ class OutlineGate:
         except Exception as exc:  # outage, missing or undecodable: decide without it
             log.warning(
                 "prompt image unavailable for the outline gate",
-                extra={"namespace": ns, "image": image_hash, "error": str(exc)},
+                extra={"fields": {"namespace": ns, "image": image_hash, "error": str(exc)}},
             )
             return None

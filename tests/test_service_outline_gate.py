@@ -54,6 +54,7 @@ def test_a_class_the_network_cannot_outline_is_searched_for_by_its_looks(gated, 
     assert 0.05 <= found[0]["score"] <= PROPOSAL_SCORE + 1e-6
     assert found[0]["mask"] is not None
     assert "class outlines computed" in gated.log_tail(200), "decided by the gate, once"
+    assert "'blank': 0.0" in gated.log_tail(200), "the log says what each class scored"
     assert gated.log_tail(200).count("class outlines computed") == 1
     again = inspect(gated, ns, clean, mask_format="none", score_threshold=0.05)
     assert [d["class_name"] for d in again["detections"]].count("blank") == len(found)
