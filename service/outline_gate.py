@@ -6,7 +6,8 @@ at a mean best IoU below G. The proposals score at most P, below the calibrated 
 inspection at the default threshold never needs them; the outlines are computed on the first
 inspection whose threshold for some class is at or below P (a search for what the network does not
 outline), once per snapshot version, on the model thread: every class's prompt images (up to
-`MAX_IMAGES_PER_CLASS`) inspected with all classes prompted, as the self-check does.
+`MAX_IMAGES_PER_CLASS`, read from the store one class at a time) inspected with all classes
+prompted, as the self-check does.
 
 An image that cannot be read is left out; a class left without any image counts as outlined (no
 proposals), and an outline computed with images missing is not kept, so the next inspection tries
@@ -39,14 +40,6 @@ class _Entry:
     outlines: np.ndarray  # (C,) per snapshot row
 
 
-@dataclass(frozen=True)
-class _Prompts:
-    """A snapshot's prompt images, read from the store before the model thread is taken."""
-
-    pairs: list[list[tuple[np.ndarray, np.ndarray]]]  # per row: (image, its boxes of the class)
-    complete: bool  # every image could be read
-
-
 class OutlineGate:
     """Namespace -> per-class outlines as of one snapshot version, thread-safe."""
 
@@ -75,34 +68,22 @@ class OutlineGate:
             entry = self._entries.get(snap.namespace)
         return entry.outlines if entry is not None and entry.version == snap.version else None
 
-    def read_prompts(self, snap: PrototypeSnapshot) -> _Prompts:
-        """Each class's prompt images (I/O only; run it off the model thread)."""
-        if snap.exemplar_boxes is None or snap.exemplar_images is None:
-            return _Prompts([[] for _ in snap.class_names], complete=False)
-        images: dict[str, np.ndarray | None] = {}
-        pairs: list[list[tuple[np.ndarray, np.ndarray]]] = []
-        for boxes, hashes in zip(snap.exemplar_boxes, snap.exemplar_images, strict=True):
-            by_image: dict[str, list[np.ndarray]] = {}
-            for box, h in zip(boxes, hashes, strict=True):
-                if h:
-                    by_image.setdefault(h, []).append(np.asarray(box, np.float32))
-            row = []
-            for h in list(by_image)[:MAX_IMAGES_PER_CLASS]:
-                if h not in images:
-                    images[h] = self._read(snap.namespace, h)
-                if images[h] is not None:
-                    row.append((images[h], np.stack(by_image[h])))
-            pairs.append(row)
-        return _Prompts(pairs, complete=all(v is not None for v in images.values()))
-
-    def compute(
-        self, predictor, snap: PrototypeSnapshot, prompts: _Prompts, crops: Sequence | None
-    ) -> np.ndarray:
-        """Per snapshot row, its outline (model thread); kept when every image was read."""
-        boxes = snap.exemplar_boxes
-        sides = [log_sides(b) for b in boxes] if boxes is not None else None
-        outlines = outline(exemplar_ious(predictor, prompts.pairs, snap.matrix, sides, crops))
-        if prompts.complete:
+    def compute(self, predictor, snap: PrototypeSnapshot, crops: Sequence | None) -> np.ndarray:
+        """Per snapshot row, its outline (model thread); kept when every image was read. One
+        class's images are held at a time, so memory stays bounded whatever the namespace."""
+        boxes, hashes = snap.exemplar_boxes, snap.exemplar_images
+        if boxes is None or hashes is None:  # an older snapshot: nothing to decide on
+            return np.ones(len(snap.class_names), np.float32)
+        sides = [log_sides(b) for b in boxes]
+        outlines = np.ones(len(snap.class_names), np.float32)
+        complete = True
+        for row in range(len(snap.class_names)):
+            pairs, missing = self._class_prompts(snap.namespace, boxes[row], hashes[row])
+            complete = complete and not missing
+            prompts = [pairs if r == row else [] for r in range(len(snap.class_names))]
+            ious = exemplar_ious(predictor, prompts, snap.matrix, sides, crops)
+            outlines[row] = outline(ious)[row]
+        if complete:
             with self._lock:
                 self._entries[snap.namespace] = _Entry(snap.version, outlines)
         log.info(
@@ -119,6 +100,23 @@ class OutlineGate:
             },
         )
         return outlines
+
+    def _class_prompts(
+        self, ns: str, boxes: np.ndarray, hashes: Sequence[str]
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+        """(image, its exemplar boxes) of one class's first prompt images, and whether any
+        image could not be read."""
+        by_image: dict[str, list[np.ndarray]] = {}
+        for box, h in zip(boxes, hashes, strict=True):
+            if h:
+                by_image.setdefault(h, []).append(np.asarray(box, np.float32))
+        pairs, missing = [], False
+        for h in list(by_image)[:MAX_IMAGES_PER_CLASS]:
+            image = self._read(ns, h)
+            missing = missing or image is None
+            if image is not None:
+                pairs.append((image, np.stack(by_image[h])))
+        return pairs, missing
 
     def classes(self, outlines: np.ndarray, rows: Sequence[int]) -> tuple[bool, ...]:
         """Which of the requested rows get proposals."""

@@ -174,13 +174,12 @@ async def proposal_classes(state: AppState, plan: InspectionPlan) -> tuple[bool,
     outlines = gate.cached(snap)
     if outlines is None:
         try:
-            prompts = await run_in_threadpool(gate.read_prompts, snap)
             rows = list(range(len(snap.class_names)))
             crops = None
             if state.crops is not None:
                 crops = await run_in_threadpool(state.crops.crops, snap, rows)
             outlines = await state.batcher.run_exclusive(
-                gate.compute, state.inspector.predictor, snap, prompts, crops
+                gate.compute, state.inspector.predictor, snap, crops
             )
         except Exception:  # never fail an inspection over a search aid: inspect without it
             log.exception("class outlines not computed; inspecting without proposals")
