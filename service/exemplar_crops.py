@@ -32,6 +32,22 @@ log = logging.getLogger(__name__)
 Key = tuple[str, tuple[float, float, float, float]]  # (image sha256, box)
 
 
+def read_prompt_image(
+    store: PromptStore, ns: str, image_hash: str, max_bytes: int, max_pixels: int, purpose: str
+) -> np.ndarray | None:
+    """A stored prompt image as RGB, decoded as an inspection would decode it; None (logged) when
+    it cannot be read (outage, image gone, undecodable), so `purpose` goes on without it."""
+    try:
+        data = store.get_source_image(ns, image_hash)
+        return decode.decode_image(data, max_bytes, max_pixels).rgb
+    except Exception as exc:
+        log.warning(
+            f"prompt image unavailable for {purpose}",
+            extra={"fields": {"namespace": ns, "image": image_hash, "error": str(exc)}},
+        )
+        return None
+
+
 def _camera_area(box: Sequence[float]) -> float:
     return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
 
@@ -120,16 +136,13 @@ class ExemplarCropCache:
         for key in keys:
             by_image.setdefault(key[0], []).append(key)
         for img, group in by_image.items():
-            try:
-                data = self._store.get_source_image(ns, img)
-                grey = gray(decode.decode_image(data, self._max_bytes, self._max_pixels).rgb)
-            except Exception as exc:  # outage, missing or undecodable: check without it
-                log.warning(
-                    "exemplar image unavailable for the template check",
-                    extra={"fields": {"namespace": ns, "image": img, "error": str(exc)}},
-                )
+            rgb = read_prompt_image(
+                self._store, ns, img, self._max_bytes, self._max_pixels, "the template check"
+            )
+            if rgb is None:  # check without it
                 out.update({k: None for k in group})
                 continue
+            grey = gray(rgb)
             for key in group:
                 found = exemplar_crops(grey, np.asarray([key[1]], dtype=np.float32))
                 out[key] = found[0] if found else None

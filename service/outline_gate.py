@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models import decode
 from models.outline_gate import exemplar_ious, gated_classes, outline
 from models.size_prior import log_sides
 from prompt_store.base import PromptStore
 from prompt_store.records import PrototypeSnapshot
+from service.exemplar_crops import read_prompt_image
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,9 @@ class OutlineGate:
                 by_image.setdefault(h, []).append(np.asarray(box, np.float32))
         pairs, missing = [], False
         for h in list(by_image)[:MAX_IMAGES_PER_CLASS]:
-            image = self._read(ns, h)
+            image = read_prompt_image(
+                self._store, ns, h, self._max_bytes, self._max_pixels, "the outline gate"
+            )
             missing = missing or image is None
             if image is not None:
                 pairs.append((image, np.stack(by_image[h])))
@@ -125,14 +127,3 @@ class OutlineGate:
     def forget(self, ns: str) -> None:
         with self._lock:
             self._entries.pop(ns, None)
-
-    def _read(self, ns: str, image_hash: str) -> np.ndarray | None:
-        try:
-            data = self._store.get_source_image(ns, image_hash)
-            return decode.decode_image(data, self._max_bytes, self._max_pixels).rgb
-        except Exception as exc:  # outage, missing or undecodable: decide without it
-            log.warning(
-                "prompt image unavailable for the outline gate",
-                extra={"fields": {"namespace": ns, "image": image_hash, "error": str(exc)}},
-            )
-            return None
