@@ -4,8 +4,8 @@ on the held-out class under three prompt seeds; report the mean of the 3 x 3 run
 
     python scripts/open_set.py --data ../shared/datasets/magnetic_tile --out runs/open_set
 
-`--extra-data` adds other training datasets; NEU-Seg was measured that way and left out (it did
-not help the held-out magnetic-tile classes: models/RESULTS.md, session 17).
+`--extra-data` adds other training datasets; NEU-Seg was measured that way and left out (it made
+no measurable difference to the held-out magnetic-tile classes: models/RESULTS.md, sessions 17-18).
 
 Every stage resumes: a finished split is skipped, an interrupted training continues.
 """
