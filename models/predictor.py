@@ -51,6 +51,26 @@ def _class_thresholds(
     return np.broadcast_to(np.asarray(score_threshold, dtype=np.float32), (n_cls,))
 
 
+def _check_entries(name: str, values: Sequence | np.ndarray, classes: int) -> None:
+    """A per-class argument must have one entry per class."""
+    if len(values) != classes:
+        raise ValueError(f"{name} has {len(values)} entries for {classes} classes")
+
+
+def _weighted(det: Detections, weights: np.ndarray, thresholds: np.ndarray) -> Detections:
+    """`det` with each detection's score multiplied by its class's weight, the ones left under
+    their class threshold dropped, re-ranked."""
+    scores = det.scores * weights[det.class_index]
+    keep = np.nonzero((scores > 0) & (scores >= thresholds[det.class_index]))[0]
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    return Detections(
+        class_index=det.class_index[keep],
+        scores=scores[keep].astype(np.float32),
+        boxes=det.boxes[keep],
+        masks=None if det.masks is None else det.masks[keep],
+    )
+
+
 @dataclass(frozen=True)
 class PromptRegion:
     """An annotated exemplar region in original image pixels."""
@@ -178,6 +198,7 @@ class Predictor:
         class_sides: Sequence[np.ndarray] | None = None,
         class_crops: Sequence[Sequence[ExemplarCrop]] | None = None,
         proposal_classes: Sequence[bool] | np.ndarray | None = None,
+        detection_weights: Sequence[float] | np.ndarray | None = None,
     ) -> list[Detections]:
         """Detections for each uint8 RGB image, class indices into the rows of `prototypes`.
 
@@ -188,6 +209,9 @@ class Predictor:
         prior (`models/border_prior.py`) and the exemplar-matched proposals
         (`models/template_proposals.py`); None skips them. `proposal_classes` (C,) bool limits
         the proposals to those classes (`models/outline_gate.py`); None lets every class have them.
+        `detection_weights` (C,) scales the network's detections of each class
+        (`outline_gate.detection_weights`: down for a class it does not outline), before any
+        proposal joins them; None leaves them as scored.
         """
         return self.detect_timed(
             images,
@@ -198,6 +222,7 @@ class Predictor:
             class_sides,
             class_crops,
             proposal_classes,
+            detection_weights,
         )[0]
 
     def detect_timed(
@@ -210,6 +235,7 @@ class Predictor:
         class_sides: Sequence[np.ndarray] | None = None,
         class_crops: Sequence[Sequence[ExemplarCrop]] | None = None,
         proposal_classes: Sequence[bool] | np.ndarray | None = None,
+        detection_weights: Sequence[float] | np.ndarray | None = None,
     ) -> tuple[list[Detections], StageTimes]:
         """`detect` plus the seconds spent in preprocess, predict (the model call), postprocess."""
         thr = self.score_threshold if score_threshold is None else score_threshold
@@ -225,6 +251,9 @@ class Predictor:
                 self.check_templates(im, d, class_crops, thr)
                 for im, d in zip(images, dets, strict=True)
             ]
+        if detection_weights is not None:
+            _check_entries("detection_weights", detection_weights, len(prototypes))
+            dets = [self.weigh(d, detection_weights, thr) for d in dets]
         if class_crops is not None and self.proposal_score > 0:
             dets = [
                 self.add_proposals(
@@ -297,6 +326,23 @@ class Predictor:
             masks=None if det.masks is None else det.masks[keep],
         )
 
+    def weigh(
+        self,
+        det: Detections,
+        weights: Sequence[float] | np.ndarray,
+        score_threshold: float | np.ndarray,
+    ) -> Detections:
+        """`det` with each class's scores multiplied by its entry of `weights` (C,) in [0, 1]
+        (`models/outline_gate.py`: a network that does not outline a class mostly misplaces it),
+        re-thresholded and re-ranked; all ones leaves `det` as it is."""
+        factors = np.asarray(weights, dtype=np.float32)
+        thr = _class_thresholds(score_threshold, det, len(factors))
+        if len(factors) < len(thr):  # a detection of a class without a weight
+            raise ValueError(f"detection_weights has {len(factors)} entries for {len(thr)} classes")
+        if np.all(factors == 1.0):
+            return det
+        return _weighted(det, factors, thr)
+
     def add_proposals(
         self,
         image: np.ndarray,
@@ -313,15 +359,17 @@ class Predictor:
         top = self.proposal_score
         thr = _class_thresholds(score_threshold, det, len(class_crops))
         allowed = np.ones(len(class_crops), bool) if proposal_classes is None else proposal_classes
-        if len(allowed) != len(class_crops):
-            raise ValueError(
-                f"proposal_classes has {len(allowed)} entries for {len(class_crops)} classes"
-            )
+        _check_entries("proposal_classes", allowed, len(class_crops))
+        chosen = [
+            c
+            for c, crops in enumerate(class_crops)
+            if crops and thr[c] <= top and bool(allowed[c])
+        ]
+        if not chosen:
+            return det
         found = [(det.boxes, det.scores, det.class_index)]
-        for c, crops in enumerate(class_crops):
-            if not crops or thr[c] > top or not allowed[c]:
-                continue
-            boxes, ncc = match_regions(image, crops)
+        for c in chosen:
+            boxes, ncc = match_regions(image, class_crops[c])
             keep = top * ncc >= thr[c]
             found.append((boxes[keep], top * ncc[keep], np.full(int(keep.sum()), c)))
         if len(found) == 1:

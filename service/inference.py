@@ -58,6 +58,7 @@ class Predictor(Protocol):
         class_sides: Sequence[np.ndarray] | None = None,
         class_crops: Sequence[Sequence[Any]] | None = None,
         proposal_classes: Sequence[bool] | None = None,
+        detection_weights: Sequence[float] | None = None,
     ) -> list[Any]: ...
 
 
@@ -102,6 +103,8 @@ class InspectJob:
     class_crops: tuple[tuple[Any, ...], ...] | None = None  # exemplar crops (template check)
     # classes that get exemplar-matched proposals (service/outline_gate.py); None: every class
     proposal_classes: tuple[bool, ...] | None = None
+    # their network detections' factor (models/outline_gate.py); None: as scored
+    detection_weights: tuple[float, ...] | None = None
 
     @property
     def needs_masks(self) -> bool:
@@ -173,9 +176,16 @@ class Inspector:
             any(j.needs_masks for j in jobs),
             first.class_sides,  # jobs of a batch share one prototype snapshot
             first.class_crops,
-            # one snapshot version decides it for every job; a job that left it None has
+            # one snapshot version decides them for every job; a job that left them None has
             # thresholds above every proposal's score
-            next((j.proposal_classes for j in jobs if j.proposal_classes is not None), None),
+            *next(
+                (
+                    (j.proposal_classes, j.detection_weights)
+                    for j in jobs
+                    if j.proposal_classes is not None
+                ),
+                (None, None),
+            ),
         )
         timed = getattr(self.predictor, "detect_timed", None)
         start = time.perf_counter()

@@ -2,28 +2,35 @@
 
 A model file that makes exemplar-matched proposals behind a gate (`template_proposal_score` P > 0,
 `proposal_gate_iou` G < 1) gives them only to the classes whose own exemplars the network outlines
-at a mean best IoU below G. The proposals score at most P, below the calibrated threshold, so an
-inspection at the default threshold never needs them; the outlines are computed on the first
-inspection whose threshold for some class is at or below P (a search for what the network does not
-outline), once per snapshot version, on the model thread: every class's prompt images (up to
-`MAX_IMAGES_PER_CLASS`, read from the store one class at a time) inspected with all classes
-prompted, as the self-check does.
+at a mean best IoU below G, and scores such a class's own network detections by outline / (G / 2),
+at most 1, at every threshold (`models/outline_gate.py`). The outlines are computed once per
+snapshot version, on the model thread: every class's prompt images (up to `MAX_IMAGES_PER_CLASS`,
+read from the store one class at a time) inspected with all classes prompted, as the self-check
+does. One computation runs per version however many inspections ask. An inspection whose thresholds
+are all above P (a line inspection: no proposal could show) does not wait for it: it starts it and
+inspects unweighted, and the inspections after it find the outlines kept. One with a threshold at or
+below P (a search for what the network does not outline) waits for them.
 
 An image that cannot be read is left out; a class left without any image counts as outlined (no
-proposals), and an outline computed with images missing is not kept, so the next inspection tries
-again. A failure never fails the inspection: it inspects without proposals.
+proposals, no weighting), and an outline computed with images missing is kept only for
+`RETRY_S`, so a store that recovers is read again without a computation per inspection meanwhile.
+A failure never fails an inspection: it inspects without proposals or weighting, and every class
+counts as outlined for `RETRY_S`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from models.outline_gate import exemplar_ious, gated_classes, outline
+from models.outline_gate import detection_weights, exemplar_ious, gated_classes, outline
 from models.size_prior import log_sides
 from prompt_store.base import PromptStore
 from prompt_store.records import PrototypeSnapshot
@@ -32,12 +39,14 @@ from service.exemplar_crops import read_prompt_image
 log = logging.getLogger(__name__)
 
 MAX_IMAGES_PER_CLASS = 16  # as the self-check: bounds the one-off cost per class
+RETRY_S = 60.0  # how long outlines computed with prompt images missing are used
 
 
 @dataclass(frozen=True)
 class _Entry:
     version: int
     outlines: np.ndarray  # (C,) per snapshot row
+    expires: float | None  # time.monotonic() after which it is computed again; None: never
 
 
 class OutlineGate:
@@ -58,6 +67,7 @@ class OutlineGate:
         self._max_pixels = max_image_pixels
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
+        self._flights: dict[tuple[str, int], asyncio.Task[np.ndarray]] = {}  # event loop only
 
     def needed(self, thresholds: np.ndarray) -> bool:
         """Whether some class's threshold lets proposals through (else none is computed)."""
@@ -66,14 +76,57 @@ class OutlineGate:
     def cached(self, snap: PrototypeSnapshot) -> np.ndarray | None:
         with self._lock:
             entry = self._entries.get(snap.namespace)
-        return entry.outlines if entry is not None and entry.version == snap.version else None
+        if entry is None or entry.version != snap.version:
+            return None
+        if entry.expires is not None and time.monotonic() > entry.expires:
+            return None
+        return entry.outlines
+
+    def flight(
+        self, snap: PrototypeSnapshot, start: Callable[[], Coroutine[Any, Any, np.ndarray]]
+    ) -> asyncio.Task[np.ndarray]:
+        """The computation of `snap`'s outlines in progress, begun with `start()` when none is
+        (event loop only): concurrent inspections share one."""
+        key = (snap.namespace, snap.version)
+        task = self._flights.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(start(), name="class-outlines")
+            self._flights[key] = task
+            task.add_done_callback(lambda done: self._landed(snap, done))
+        return task
+
+    async def close(self) -> None:
+        """Cancel the computations still running (shutdown, after the model thread drained)."""
+        flights = list(self._flights.values())
+        for task in flights:
+            task.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)
+
+    def _landed(self, snap: PrototypeSnapshot, task: asyncio.Task[np.ndarray]) -> None:
+        """A failed computation is not retried for `RETRY_S`: meanwhile every class counts as
+        outlined, so a store that is down costs no computation per inspection."""
+        self._flights.pop((snap.namespace, snap.version), None)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error(
+            "class outlines not computed; inspecting without proposals or weighting",
+            exc_info=task.exception(),
+        )
+        ones = np.ones(len(snap.class_names), np.float32)
+        with self._lock:
+            self._entries[snap.namespace] = _Entry(snap.version, ones, time.monotonic() + RETRY_S)
 
     def compute(self, predictor, snap: PrototypeSnapshot, crops: Sequence | None) -> np.ndarray:
-        """Per snapshot row, its outline (model thread); kept when every image was read. One
-        class's images are held at a time, so memory stays bounded whatever the namespace."""
+        """Per snapshot row, its outline (model thread); kept for the version, or for `RETRY_S`
+        when an image could not be read. One class's images are held at a time, so memory stays
+        bounded whatever the namespace."""
+        start = time.perf_counter()
         boxes, hashes = snap.exemplar_boxes, snap.exemplar_images
         if boxes is None or hashes is None:  # an older snapshot: nothing to decide on
-            return np.ones(len(snap.class_names), np.float32)
+            ones = np.ones(len(snap.class_names), np.float32)
+            with self._lock:
+                self._entries[snap.namespace] = _Entry(snap.version, ones, None)
+            return ones
         sides = [log_sides(b) for b in boxes]
         outlines = np.ones(len(snap.class_names), np.float32)
         complete = True
@@ -83,15 +136,17 @@ class OutlineGate:
             prompts = [pairs if r == row else [] for r in range(len(snap.class_names))]
             ious = exemplar_ious(predictor, prompts, snap.matrix, sides, crops)
             outlines[row] = outline(ious)[row]
-        if complete:
-            with self._lock:
-                self._entries[snap.namespace] = _Entry(snap.version, outlines)
+        expires = None if complete else time.monotonic() + RETRY_S
+        with self._lock:
+            self._entries[snap.namespace] = _Entry(snap.version, outlines, expires)
         log.info(
             "class outlines computed",
             extra={
                 "fields": {
                     "namespace": snap.namespace,
                     "version": snap.version,
+                    "seconds": round(time.perf_counter() - start, 3),
+                    "complete": complete,
                     "outlines": {
                         n: round(float(v), 3)
                         for n, v in zip(snap.class_names, outlines, strict=True)
@@ -123,6 +178,10 @@ class OutlineGate:
     def classes(self, outlines: np.ndarray, rows: Sequence[int]) -> tuple[bool, ...]:
         """Which of the requested rows get proposals."""
         return tuple(bool(v) for v in gated_classes(outlines[list(rows)], self.gate))
+
+    def weights(self, outlines: np.ndarray, rows: Sequence[int]) -> tuple[float, ...]:
+        """The factor on the network's own detections of each requested row."""
+        return tuple(float(v) for v in detection_weights(outlines[list(rows)], self.gate))
 
     def forget(self, ns: str) -> None:
         with self._lock:

@@ -245,6 +245,8 @@ async def stop(state: AppState) -> None:
     state.draining = True
     state.ready = False
     await state.batcher.close(timeout=state.settings.shutdown_timeout_s)
+    if state.outlines is not None:  # a decision still waiting for the model thread
+        await state.outlines.close()
     if state.anomaly is not None:  # before the store closes: a refresh under way reads it
         await run_in_threadpool(state.anomaly.close)
     if state.monitor is not None:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models.config import ModelConfig
-from models.outline_gate import exemplar_ious, gated_classes, outline
+from models.outline_gate import detection_weights, exemplar_ious, gated_classes, outline
 from models.postprocess import Detections
 from models.predictor import Predictor
 from tests.test_template_match import _defect, _paste, _surface
@@ -52,6 +52,54 @@ def test_a_class_left_out_gets_no_proposal_at_any_threshold(prompt_crops):
     )
     with pytest.raises(ValueError, match="proposal_classes"):
         predictor.add_proposals(image, det, [prompt_crops], 0.01, proposal_classes=[True, True])
+
+
+@given(
+    st.lists(st.floats(0, 1), min_size=1, max_size=8),
+    st.floats(0.01, 0.99),
+)
+def test_a_class_outlined_worse_has_its_network_detections_weighted_down_more(outlines, gate):
+    weights = detection_weights(np.array(outlines, np.float32), gate)
+    gated = gated_classes(np.array(outlines, np.float32), gate)
+    assert np.all((weights >= 0) & (weights <= 1))
+    assert np.all(weights[~gated] == 1), "a class the network outlines keeps its scores"
+    order = np.argsort(np.array(outlines, np.float32), kind="stable")
+    assert np.all(np.diff(weights[order]) >= 0), "monotone in the outline"
+    assert np.all(detection_weights(np.array(outlines, np.float32), 1.0) == 1), "gate 1: none"
+
+
+def _two_classes_found_in_the_corner() -> Detections:
+    """Network detections of class 0 (0.9) and class 1 (0.5), away from the pasted defect."""
+    one = _network_found_nothing_there()
+    return Detections(
+        class_index=np.array([0, 1], np.int64),
+        scores=np.array([0.9, 0.5], np.float32),
+        boxes=np.repeat(one.boxes, 2, axis=0),
+        masks=np.repeat(one.masks, 2, axis=0),
+    )
+
+
+def test_a_gated_class_network_detections_rank_by_its_outline(prompt_crops):
+    image = _paste(_surface(6), _defect(9), 100, 20)
+    det = _two_classes_found_in_the_corner()
+    predictor = Predictor(_InfoOnly(0.2))  # type: ignore[arg-type]
+    out = predictor.weigh(det, [0.25, 1.0], 0.01)
+    assert out.class_index.tolist() == [1, 0], "re-ranked"
+    assert out.scores.tolist() == pytest.approx([0.5, 0.225])
+    assert out.masks is not None and out.masks.shape == (2, 160, 160)
+    assert predictor.weigh(det, [0.0, 1.0], 0.01).class_index.tolist() == [1], "weight 0: gone"
+    assert predictor.weigh(det, [0.25, 1.0], 0.3).class_index.tolist() == [1], "under: dropped"
+    assert predictor.weigh(det, [1.0, 1.0], 0.3) is det, "nothing weighted, nothing changed"
+    with pytest.raises(ValueError, match="detection_weights"):
+        predictor.weigh(det, [0.5], 0.01)
+    # weighted before the proposals join: a class the network cannot outline ranks its proposals
+    # above its own misplaced detections
+    crops = [prompt_crops, prompt_crops]
+    merged = predictor.add_proposals(
+        image, predictor.weigh(det, [0.0, 1.0], 0.01), crops, 0.01, proposal_classes=[True, False]
+    )
+    assert merged.class_index[0] == 1 and np.all(merged.class_index[1:] == 0)
+    assert np.all(merged.scores[1:] <= 0.2 + 1e-6), "class 0 is now its proposals alone"
 
 
 class _Recorder:

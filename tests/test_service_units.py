@@ -590,6 +590,7 @@ class _SizeAwareModel:
         class_sides=None,
         class_crops=None,
         proposal_classes=None,
+        detection_weights=None,
     ):
         from models.postprocess import Detections
         from models.size_prior import size_factors

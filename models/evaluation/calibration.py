@@ -51,6 +51,7 @@ def max_scores(
                 class_sides=inputs.sides,
                 class_crops=inputs.crops,
                 proposal_classes=inputs.proposal_classes,
+                detection_weights=inputs.detection_weights,
             ):
                 out.append(float(det.scores[0]) if len(det) else 0.0)
     return np.asarray(out)

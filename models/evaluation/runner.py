@@ -24,7 +24,7 @@ from models.evaluation.metrics import (
 )
 from models.evaluation.protocol import is_calibration_image, split_prompts
 from models.evaluation.template_baseline import TemplateMatcher
-from models.outline_gate import exemplar_ious, gated_classes, outline
+from models.outline_gate import detection_weights, exemplar_ious, gated_classes, outline
 from models.predictor import PromptRegion, TorchPredictor, prototypes_from
 from models.size_prior import log_sides
 from models.template_match import ExemplarCrop, exemplar_crops, largest
@@ -101,6 +101,7 @@ class PromptInputs:
     crops: list[list[ExemplarCrop]]  # the exemplar check's and the proposals' input
     outlines: np.ndarray | None  # per class, its outline (models/outline_gate.py); None: not gated
     proposal_classes: np.ndarray | None  # (C,) bool, the classes that get proposals
+    detection_weights: np.ndarray | None  # (C,) their network detections' factor; None: 1
 
 
 def prompt_inputs(predictor: TorchPredictor, material: dict[str, list]) -> PromptInputs:
@@ -113,11 +114,17 @@ def prompt_inputs(predictor: TorchPredictor, material: dict[str, list]) -> Promp
     )
     info = predictor.info
     if predictor.proposal_score <= 0 or info.proposal_gate_iou >= 1:
-        return PromptInputs(protos, sides, crops, None, None)
+        return PromptInputs(protos, sides, crops, None, None, None)
     ious = exemplar_ious(predictor, class_prompts(material), protos, sides, crops)
     outlines = outline(ious)
+    gate = info.proposal_gate_iou
     return PromptInputs(
-        protos, sides, crops, outlines, gated_classes(outlines, info.proposal_gate_iou)
+        protos,
+        sides,
+        crops,
+        outlines,
+        gated_classes(outlines, gate),
+        detection_weights(outlines, gate),
     )
 
 
@@ -182,6 +189,7 @@ def evaluate_seed(
                 class_sides=inputs.sides,
                 class_crops=inputs.crops,
                 proposal_classes=inputs.proposal_classes,
+                detection_weights=inputs.detection_weights,
             )
             model_time += time.perf_counter() - t0
         for image_id, det in zip(ids, dets, strict=False):

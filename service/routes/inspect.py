@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,13 +16,14 @@ from starlette.datastructures import UploadFile
 
 from models.size_prior import log_sides
 from prompt_store.errors import InvalidInput
-from prompt_store.records import validate_label
+from prompt_store.records import PrototypeSnapshot, validate_label
 from service.anomaly import NamespaceMemory
 from service.batching import Arrival
 from service.deps import InspectRole, StateDep
 from service.errors import Problem
 from service.images import DecodedImage, decode_image, heatmap_png_base64
 from service.inference import InspectJob, InspectOutcome
+from service.outline_gate import OutlineGate
 from service.schemas import (
     NAMESPACE_PATTERN,
     AnomalyInfo,
@@ -163,28 +165,37 @@ def plan_inspection(
     )
 
 
-async def proposal_classes(state: AppState, plan: InspectionPlan) -> tuple[bool, ...] | None:
-    """Which requested classes get exemplar-matched proposals (`service/outline_gate.py`); None
-    when the model makes none behind a gate or no threshold lets them through."""
+Proposals = tuple[tuple[bool, ...], tuple[float, ...]]
+
+
+async def outline_decision(state: AppState, plan: InspectionPlan) -> Proposals | None:
+    """Which requested classes get exemplar-matched proposals and the factor on each one's
+    network detections (`service/outline_gate.py`); None when the model makes no gated proposals,
+    or while the outlines are computed for an inspection that does not wait for them."""
     gate = state.outlines
-    if gate is None or not gate.needed(plan.thresholds):
+    if gate is None:
         return None
     snap = plan.snapshot
-    index = {name: i for i, name in enumerate(snap.class_names)}
     outlines = gate.cached(snap)
     if outlines is None:
+        task = gate.flight(snap, lambda: _outlines(state, gate, snap))
+        if not gate.needed(plan.thresholds):  # a line inspection does not wait
+            return None
         try:
-            rows = list(range(len(snap.class_names)))
-            crops = None
-            if state.crops is not None:
-                crops = await run_in_threadpool(state.crops.crops, snap, rows)
-            outlines = await state.batcher.run_exclusive(
-                gate.compute, state.inspector.predictor, snap, crops
-            )
-        except Exception:  # never fail an inspection over a search aid: inspect without it
-            log.exception("class outlines not computed; inspecting without proposals")
-            return tuple(False for _ in plan.names)
-    return gate.classes(outlines, [index[name] for name in plan.names])
+            outlines = await asyncio.shield(task)
+        except Exception:  # never fail an inspection over a search aid (logged by the gate)
+            return tuple(False for _ in plan.names), tuple(1.0 for _ in plan.names)
+    index = {name: i for i, name in enumerate(snap.class_names)}
+    requested = [index[name] for name in plan.names]
+    return gate.classes(outlines, requested), gate.weights(outlines, requested)
+
+
+async def _outlines(state: AppState, gate: OutlineGate, snap: PrototypeSnapshot) -> np.ndarray:
+    rows = list(range(len(snap.class_names)))
+    crops = None
+    if state.crops is not None:
+        crops = await run_in_threadpool(state.crops.crops, snap, rows)
+    return await state.batcher.run_exclusive(gate.compute, state.inspector.predictor, snap, crops)
 
 
 @dataclass
@@ -320,7 +331,7 @@ async def _inspect(
             f"register exemplars with POST /v1/namespaces/{namespace}/prompts or defect-free "
             f"references with POST /v1/namespaces/{namespace}/references first",
         )
-    proposals = await proposal_classes(state, plan)
+    proposals = await outline_decision(state, plan)
     cap = settings.max_detections
     job = InspectJob(
         image=image.rgb,
@@ -329,7 +340,8 @@ async def _inspect(
         thresholds=plan.thresholds,
         class_sides=plan.sides,
         class_crops=plan.crops,
-        proposal_classes=proposals,
+        proposal_classes=None if proposals is None else proposals[0],
+        detection_weights=None if proposals is None else proposals[1],
         max_detections=min(options.max_detections or cap, cap),
         mask_format=options.mask_format,
         heatmap=options.heatmap,

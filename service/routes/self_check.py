@@ -166,6 +166,12 @@ async def self_check(
             "also report regions that look like its exemplars (template matching), scored at "
             f"most {gate.proposal_score:g}."
         )
+        weight = gate.weights(np.array([outline], np.float32), [0])[0]
+        if weight < 1:
+            advice += (
+                f" Its own detections count {weight:.2f} of their score at any threshold, as "
+                "much as the model outlines it."
+            )
     return SelfCheck(
         namespace=namespace,
         class_name=class_name,
