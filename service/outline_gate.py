@@ -4,12 +4,13 @@ A model file that makes exemplar-matched proposals behind a gate (`template_prop
 `proposal_gate_iou` G < 1) gives them only to the classes whose own exemplars the network outlines
 at a mean best IoU below G, and scores such a class's own network detections by outline / (G / 2),
 at most 1, at every threshold (`models/outline_gate.py`). The outlines are computed once per
-snapshot version, on the model thread: every class's prompt images (up to `MAX_IMAGES_PER_CLASS`,
-read from the store one class at a time) inspected with all classes prompted, as the self-check
-does. One computation runs per version however many inspections ask. An inspection whose thresholds
-are all above P (a line inspection: no proposal could show) does not wait for it: it starts it and
-inspects unweighted, and the inspections after it find the outlines kept. One with a threshold at or
-below P (a search for what the network does not outline) waits for them.
+snapshot version, on the model thread one class at a time (the line's inspections run in between):
+every class's prompt images (up to `MAX_IMAGES_PER_CLASS`, read from the store one class at a time)
+inspected with all classes prompted, as the self-check does. One computation runs per version
+however many inspections ask. An inspection whose thresholds are all above P (a line inspection: no
+proposal could show) does not wait for it: it starts it and inspects unweighted, and the inspections
+after it find the outlines kept. One with a threshold at or below P (a search for what the network
+does not outline) waits for them.
 
 An image that cannot be read is left out; a class left without any image counts as outlined (no
 proposals, no weighting), and an outline computed with images missing is kept only for
@@ -117,25 +118,35 @@ class OutlineGate:
             self._entries[snap.namespace] = _Entry(snap.version, ones, time.monotonic() + RETRY_S)
 
     def compute(self, predictor, snap: PrototypeSnapshot, crops: Sequence | None) -> np.ndarray:
-        """Per snapshot row, its outline (model thread); kept for the version, or for `RETRY_S`
-        when an image could not be read. One class's images are held at a time, so memory stays
-        bounded whatever the namespace."""
+        """Per snapshot row, its outline, every class in one call (model thread), kept as `keep`
+        keeps it."""
         start = time.perf_counter()
+        rows = range(len(snap.class_names))
+        found = [self.class_outline(predictor, snap, crops, row) for row in rows]
+        return self.keep(snap, found, time.perf_counter() - start)
+
+    def class_outline(
+        self, predictor, snap: PrototypeSnapshot, crops: Sequence | None, row: int
+    ) -> tuple[float, bool]:
+        """One class's outline, and whether every one of its prompt images was read (model
+        thread). One class at a time holds only that class's images, and lets the line's
+        inspections run between classes."""
         boxes, hashes = snap.exemplar_boxes, snap.exemplar_images
         if boxes is None or hashes is None:  # an older snapshot: nothing to decide on
-            ones = np.ones(len(snap.class_names), np.float32)
-            with self._lock:
-                self._entries[snap.namespace] = _Entry(snap.version, ones, None)
-            return ones
+            return 1.0, True
+        pairs, missing = self._class_prompts(snap.namespace, boxes[row], hashes[row])
+        prompts = [pairs if r == row else [] for r in range(len(snap.class_names))]
         sides = [log_sides(b) for b in boxes]
-        outlines = np.ones(len(snap.class_names), np.float32)
-        complete = True
-        for row in range(len(snap.class_names)):
-            pairs, missing = self._class_prompts(snap.namespace, boxes[row], hashes[row])
-            complete = complete and not missing
-            prompts = [pairs if r == row else [] for r in range(len(snap.class_names))]
-            ious = exemplar_ious(predictor, prompts, snap.matrix, sides, crops)
-            outlines[row] = outline(ious)[row]
+        ious = exemplar_ious(predictor, prompts, snap.matrix, sides, crops)
+        return float(outline(ious)[row]), not missing
+
+    def keep(
+        self, snap: PrototypeSnapshot, found: Sequence[tuple[float, bool]], seconds: float
+    ) -> np.ndarray:
+        """The outlines of every row (`class_outline`, in row order), kept for the version, or
+        for `RETRY_S` when an image could not be read."""
+        outlines = np.array([value for value, _ in found], np.float32).reshape(-1)
+        complete = all(read for _, read in found)
         expires = None if complete else time.monotonic() + RETRY_S
         with self._lock:
             self._entries[snap.namespace] = _Entry(snap.version, outlines, expires)
@@ -145,7 +156,7 @@ class OutlineGate:
                 "fields": {
                     "namespace": snap.namespace,
                     "version": snap.version,
-                    "seconds": round(time.perf_counter() - start, 3),
+                    "seconds": round(seconds, 3),
                     "complete": complete,
                     "outlines": {
                         n: round(float(v), 3)

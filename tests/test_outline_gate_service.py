@@ -68,6 +68,10 @@ def test_outlines_decide_proposals_and_weights_per_class():
     assert gate.weights(outlines, [1, 0]) == pytest.approx((0.0, 1.0))
     assert gate.cached(_snapshot()) is outlines, "kept for the version"
     assert gate.cached(_snapshot(2)) is None, "a new prompt version is decided again"
+    one_by_one = [gate.class_outline(_FindsTheExemplar(), _snapshot(2), None, r) for r in (0, 1)]
+    assert one_by_one == [(1.0, True), (0.0, True)], "a class at a time, as the service runs it"
+    assert gate.keep(_snapshot(2), one_by_one, 0.1).tolist() == outlines.tolist()
+    assert gate.cached(_snapshot(2)) is not None
 
 
 def test_concurrent_inspections_share_one_computation():
