@@ -361,9 +361,7 @@ class Predictor:
         allowed = np.ones(len(class_crops), bool) if proposal_classes is None else proposal_classes
         _check_entries("proposal_classes", allowed, len(class_crops))
         chosen = [
-            c
-            for c, crops in enumerate(class_crops)
-            if crops and thr[c] <= top and bool(allowed[c])
+            c for c, crops in enumerate(class_crops) if crops and thr[c] <= top and bool(allowed[c])
         ]
         if not chosen:
             return det

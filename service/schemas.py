@@ -257,6 +257,11 @@ class SelfCheck(BaseModel):
         description="whether inspections below the model's proposal score add exemplar-matched "
         "regions for this class (its outline is below the model's gate)"
     )
+    detection_weight: float = Field(
+        default=1.0,
+        description="the factor on this class's own detections at every threshold: below 1 when "
+        "the model outlines it under half its gate (models/outline_gate.py)",
+    )
     verdict: Literal["outlined", "partly-outlined", "not-outlined"]
     advice: str
     exemplars: list[ExemplarCheck]

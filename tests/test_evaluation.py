@@ -87,6 +87,45 @@ def test_baseline_scored_alone_equals_the_baseline_beside_a_model(tiny_run, tmp_
     assert "model" not in alone["runs"][0]
 
 
+@pytest.mark.slow
+def test_the_report_says_which_classes_the_gate_weighs_and_by_how_much(tiny_run, tmp_path):
+    """A model file with gated proposals and a class it cannot outline (plain surface marked as a
+    defect): each seed's report names every class's outline, the classes that get proposals and
+    the factor on their own detections, as the service uses them."""
+    import shutil
+
+    from models.checkpoint import set_scoring
+    from models.data.loading import load_dataset
+    from models.evaluation.runner import EvalSettings, evaluate
+    from models.predictor import TorchPredictor
+
+    gate = 0.4
+    path = tmp_path / "gated.pt"
+    shutil.copy(tiny_run.model_path, path)
+    set_scoring(path, template_proposal_score=0.2, proposal_gate_iou=gate)
+    data = tmp_path / "data"
+    tiny = TinySet(16, seed=11, free=4)
+    write_folder(tiny, data)
+    (data / "blank").mkdir()
+    for k in range(4):  # plain surface with a region marked: nothing the network ever outlines
+        image = np.full((128, 128, 3), 90 + 10 * k, np.uint8)
+        mask = np.zeros((128, 128), np.uint8)
+        mask[30:70, 40:90] = 255
+        cv2.imwrite(str(data / "blank" / f"blank{k}.jpg"), image)
+        cv2.imwrite(str(data / "blank" / f"blank{k}.png"), mask)
+    ds = load_dataset(str(data))
+    settings = EvalSettings(prompts_per_class=2, seeds=(42,), baseline=False)
+    model = evaluate(TorchPredictor.load(path), ds, settings, progress=False)["runs"][0]["model"]
+    assert set(model["outline"]) == {"blank", "scratch", "spot"}
+    assert model["outline"]["blank"] < gate / 2 <= model["outline"]["scratch"]
+    assert model["proposals_for"] == [c for c, v in model["outline"].items() if v < gate]
+    assert "blank" in model["detection_weights"], "the class it cannot outline is weighted down"
+    for name, weight in model["detection_weights"].items():
+        assert weight == pytest.approx(min(1.0, model["outline"][name] / (gate / 2)), abs=1e-3)
+    unweighted = set(model["outline"]) - set(model["detection_weights"])
+    assert all(model["outline"][c] >= gate / 2 for c in unweighted)
+
+
 def test_best_iou_counts_only_detections_of_the_exemplars_class():
     from models.outline_gate import best_ious
     from models.postprocess import Detections

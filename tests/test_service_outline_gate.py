@@ -43,9 +43,12 @@ def test_a_class_the_network_cannot_outline_is_searched_for_by_its_looks(gated, 
     assert blank["found"] == 0 and blank["outline"] < GATE and blank["template_proposals"], blank
     assert "template matching" in blank["advice"]
     assert "count 0.00 of their score" in blank["advice"], "its own detections count for nothing"
+    assert blank["detection_weight"] == 0.0
     for name in ("scratch", "spot"):
         check = gated.get(f"/v1/namespaces/{ns}/classes/{name}/self-check").json()
         assert check["template_proposals"] == (check["outline"] < GATE), check
+        want = min(1.0, check["outline"] / (GATE / 2))
+        assert check["detection_weight"] == pytest.approx(want, abs=1e-3), check
 
     at_default = inspect(gated, ns, clean, mask_format="none")
     assert all(d["class_name"] != "blank" for d in at_default["detections"]), at_default

@@ -221,6 +221,12 @@ def evaluate_seed(
             result["model"]["outline"] = {
                 c: round(float(v), 4) for c, v in zip(classes, inputs.outlines, strict=True)
             }
+            assert inputs.detection_weights is not None
+            result["model"]["detection_weights"] = {
+                c: round(float(v), 4)
+                for c, v in zip(classes, inputs.detection_weights, strict=True)
+                if v < 1
+            }
             result["model"]["proposals_for"] = [
                 c for c, on in zip(classes, inputs.proposal_classes, strict=True) if on
             ]

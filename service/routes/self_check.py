@@ -159,6 +159,7 @@ async def self_check(
     outline = float(np.mean([c.best_iou for c in checks])) if checks else 1.0
     gate = state.outlines
     proposals = gate is not None and outline < gate.gate
+    weight = 1.0
     if proposals:
         assert gate is not None
         advice += (
@@ -183,6 +184,7 @@ async def self_check(
         caught=caught,
         outline=round(outline, 4),
         template_proposals=proposals,
+        detection_weight=round(weight, 4),
         verdict=verdict,  # type: ignore[arg-type]
         advice=advice,
         exemplars=checks,
