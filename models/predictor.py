@@ -370,8 +370,6 @@ class Predictor:
             boxes, ncc = match_regions(image, class_crops[c])
             keep = top * ncc >= thr[c]
             found.append((boxes[keep], top * ncc[keep], np.full(int(keep.sum()), c)))
-        if len(found) == 1:
-            return det
         boxes = np.concatenate([f[0] for f in found]).astype(np.float32)
         scores = np.concatenate([f[1] for f in found]).astype(np.float32)
         classes = np.concatenate([f[2] for f in found]).astype(det.class_index.dtype)

@@ -97,7 +97,8 @@ class OutlineGate:
         return task
 
     async def close(self) -> None:
-        """Cancel the computations still running (shutdown, after the model thread drained)."""
+        """Cancel the computations still running (shutdown, before the model thread drains:
+        what one of them already handed the model thread finishes, unused)."""
         flights = list(self._flights.values())
         for task in flights:
             task.cancel()

@@ -244,9 +244,9 @@ async def stop(state: AppState) -> None:
     """Drain and release, in reverse order of start."""
     state.draining = True
     state.ready = False
-    await state.batcher.close(timeout=state.settings.shutdown_timeout_s)
-    if state.outlines is not None:  # a decision still waiting for the model thread
+    if state.outlines is not None:  # no new model work for a gate decision under way
         await state.outlines.close()
+    await state.batcher.close(timeout=state.settings.shutdown_timeout_s)
     if state.anomaly is not None:  # before the store closes: a refresh under way reads it
         await run_in_threadpool(state.anomaly.close)
     if state.monitor is not None:
