@@ -57,11 +57,9 @@ def _check_entries(name: str, values: Sequence | np.ndarray, classes: int) -> No
         raise ValueError(f"{name} has {len(values)} entries for {classes} classes")
 
 
-def _weighted(det: Detections, weights: np.ndarray, thresholds: np.ndarray) -> Detections:
-    """`det` with each detection's score multiplied by its class's weight, the ones left under
-    their class threshold dropped, re-ranked."""
-    scores = det.scores * weights[det.class_index]
-    keep = np.nonzero((scores > 0) & (scores >= thresholds[det.class_index]))[0]
+def _ranked(det: Detections, scores: np.ndarray, kept: np.ndarray) -> Detections:
+    """`det` rescored to `scores`, only the `kept` (bool per detection), ranked by score."""
+    keep = np.nonzero(kept)[0]
     keep = keep[np.argsort(-scores[keep], kind="stable")]
     return Detections(
         class_index=det.class_index[keep],
@@ -317,14 +315,7 @@ class Predictor:
         )
         scores = det.scores * factors
         thr = _class_thresholds(score_threshold, det, len(class_crops))
-        keep = np.nonzero(scores >= thr[det.class_index])[0]
-        keep = keep[np.argsort(-scores[keep], kind="stable")]
-        return Detections(
-            class_index=det.class_index[keep],
-            scores=scores[keep].astype(np.float32),
-            boxes=det.boxes[keep],
-            masks=None if det.masks is None else det.masks[keep],
-        )
+        return _ranked(det, scores, scores >= thr[det.class_index])
 
     def weigh(
         self,
@@ -341,7 +332,8 @@ class Predictor:
             raise ValueError(f"detection_weights has {len(factors)} entries for {len(thr)} classes")
         if np.all(factors == 1.0):
             return det
-        return _weighted(det, factors, thr)
+        scores = det.scores * factors[det.class_index]
+        return _ranked(det, scores, (scores > 0) & (scores >= thr[det.class_index]))
 
     def add_proposals(
         self,

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,12 +118,21 @@ class OutlineGate:
         with self._lock:
             self._entries[snap.namespace] = _Entry(snap.version, ones, time.monotonic() + RETRY_S)
 
-    def compute(self, predictor, snap: PrototypeSnapshot, crops: Sequence | None) -> np.ndarray:
-        """Per snapshot row, its outline, every class in one call (model thread), kept as `keep`
-        keeps it."""
+    async def compute(
+        self,
+        run: Callable[..., Awaitable[Any]],
+        predictor,
+        snap: PrototypeSnapshot,
+        crops: Sequence | None,
+    ) -> np.ndarray:
+        """Per snapshot row, its outline, kept as `keep` keeps it. `run` (the batcher's
+        `run_exclusive`) puts one class at a time on the model thread, so the line's inspections
+        queued meanwhile run between classes."""
         start = time.perf_counter()
-        rows = range(len(snap.class_names))
-        found = [self.class_outline(predictor, snap, crops, row) for row in rows]
+        found = [
+            await run(self.class_outline, predictor, snap, crops, row)
+            for row in range(len(snap.class_names))
+        ]
         return self.keep(snap, found, time.perf_counter() - start)
 
     def class_outline(

@@ -56,13 +56,22 @@ def _snapshot(version: int = 1) -> PrototypeSnapshot:
     )
 
 
+async def _on_this_thread(fn, *args):
+    """Stands in for the batcher's `run_exclusive` where no model thread is running."""
+    return fn(*args)
+
+
+def _decide(gate: OutlineGate) -> np.ndarray:
+    return asyncio.run(gate.compute(_on_this_thread, _FindsTheExemplar(), _snapshot(), None))
+
+
 def _gate(store: _Store) -> OutlineGate:
     return OutlineGate(store, 0.2, 0.4, 1 << 20, 1 << 20)  # type: ignore[arg-type]
 
 
 def test_outlines_decide_proposals_and_weights_per_class():
     gate = _gate(_Store({"a": _png(), "b": _png()}))
-    outlines = gate.compute(_FindsTheExemplar(), _snapshot(), None)
+    outlines = _decide(gate)
     assert outlines.tolist() == pytest.approx([1.0, 0.0])
     assert gate.classes(outlines, [1, 0]) == (True, False)
     assert gate.weights(outlines, [1, 0]) == pytest.approx((0.0, 1.0))
@@ -115,7 +124,7 @@ def test_a_failed_computation_is_not_retried_on_every_inspection(caplog):
 def test_outlines_with_a_prompt_image_missing_are_computed_again_later(monkeypatch):
     store = _Store({"a": _png()})  # class 1's image cannot be read
     gate = _gate(store)
-    outlines = gate.compute(_FindsTheExemplar(), _snapshot(), None)
+    outlines = _decide(gate)
     assert outlines.tolist() == pytest.approx([1.0, 1.0]), "a class without an image: outlined"
     assert gate.cached(_snapshot()) is outlines, "used meanwhile"
     now = gate_module.time.monotonic()

@@ -195,15 +195,7 @@ async def _outlines(state: AppState, gate: OutlineGate, snap: PrototypeSnapshot)
     crops = None
     if state.crops is not None:
         crops = await run_in_threadpool(state.crops.crops, snap, rows)
-    start = time.perf_counter()
-    found = []
-    for row in rows:  # a class at a time: the line's inspections queued meanwhile run between
-        found.append(
-            await state.batcher.run_exclusive(
-                gate.class_outline, state.inspector.predictor, snap, crops, row
-            )
-        )
-    return gate.keep(snap, found, time.perf_counter() - start)
+    return await gate.compute(state.batcher.run_exclusive, state.inspector.predictor, snap, crops)
 
 
 @dataclass
