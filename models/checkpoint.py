@@ -126,6 +126,7 @@ SCORING_FIELDS = (
     "proposal_gate_iou",
     "border_factor",
     "prompt_views",
+    "image_views",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from models.prompt_views import VIEW_COUNTS
+from models.view_fusion import VIEW_COUNTS as IMAGE_VIEW_COUNTS
 
 # Values of fields added after model files were first written, for files that lack them: such a
 # file keeps behaving as it did when it was trained and calibrated.
@@ -23,6 +24,7 @@ LEGACY_DEFAULTS: dict = {
     "proposal_gate_iou": 1.0,
     "border_factor": 1.0,
     "prompt_views": 1,
+    "image_views": 1,
 }
 
 
@@ -61,6 +63,7 @@ class ModelConfig:
     proposal_gate_iou: float = 0.4  # ...for classes outlined below this (outline_gate.py); 1: all
     border_factor: float = 0.5  # score *= this at the border for interior classes; 1: off
     prompt_views: int = 4  # each exemplar encoded in 1, 2, 4 or 8 flips, averaged (prompt_views.py)
+    image_views: int = 2  # inspected image scored in 1, 2 or 4 mirrorings, agreed (view_fusion.py)
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over
@@ -109,6 +112,8 @@ class ModelConfig:
             raise ValueError("border_factor must lie in (0, 1] (1 turns the prior off)")
         if self.prompt_views not in VIEW_COUNTS:
             raise ValueError(f"prompt_views must be one of {VIEW_COUNTS} (1 turns the views off)")
+        if self.image_views not in IMAGE_VIEW_COUNTS:
+            raise ValueError(f"image_views must be one of {IMAGE_VIEW_COUNTS} (1 turns them off)")
         if self.backbone not in ("efficientnet_lite0", "swin_t"):
             raise ValueError(f"unknown backbone {self.backbone!r}")
 

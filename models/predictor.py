@@ -31,6 +31,7 @@ from models.runtime.select import (
 from models.runtime.torch_backend import TorchBackend
 from models.template_match import ExemplarCrop, interior_classes, template_factors
 from models.template_proposals import PROPOSAL_MARGIN, box_masks, match_regions
+from models.view_fusion import fuse_views, unview, view_images
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -237,12 +238,13 @@ class Predictor:
     ) -> tuple[list[Detections], StageTimes]:
         """`detect` plus the seconds spent in preprocess, predict (the model call), postprocess."""
         thr = self.score_threshold if score_threshold is None else score_threshold
+        views = self.info.image_views
         t0 = time.perf_counter()
-        boxes, batch = self.preprocess(images)
+        boxes, batch = self.preprocess([v for im in images for v in view_images(im, views)])
         t1 = time.perf_counter()
         out = self.raw(batch, prototypes)
         t2 = time.perf_counter()
-        dets = self.postprocess(out, boxes, thr, max_detections, with_masks, class_sides)
+        dets = self._fused(out, boxes, images, thr, max_detections, with_masks, class_sides)
         checks = self.info.template_match_weight > 0 or self.info.border_factor < 1
         if class_crops is not None and checks:
             dets = [
@@ -261,6 +263,36 @@ class Predictor:
             ]
         t3 = time.perf_counter()
         return dets, StageTimes(t1 - t0, t2 - t1, t3 - t2)
+
+    def _fused(
+        self,
+        out: dict[str, np.ndarray],
+        letterboxes: list[Letterbox],
+        images: list[np.ndarray],
+        score_threshold: float | np.ndarray,
+        max_detections: int,
+        with_masks: bool,
+        class_sides: Sequence[np.ndarray] | None,
+    ) -> list[Detections]:
+        """Each image's detections agreed over its `image_views` views (`models/view_fusion.py`).
+
+        A view's detections are kept down to threshold / views: a group scores the views' mean,
+        so a find every view makes at just that score still reaches the threshold."""
+        views = self.info.image_views
+        if views == 1:
+            return self.postprocess(
+                out, letterboxes, score_threshold, max_detections, with_masks, class_sides
+            )
+        floor = np.asarray(score_threshold, dtype=np.float32) / views
+        per_view = self.postprocess(
+            out, letterboxes, floor, max_detections, with_masks, class_sides
+        )
+        fused = []
+        for i, image in enumerate(images):
+            h, w = image.shape[:2]
+            found = [unview(per_view[i * views + v], v, w, h) for v in range(views)]
+            fused.append(fuse_views(found, score_threshold, max_detections))
+        return fused
 
     def postprocess(
         self,

@@ -15,7 +15,8 @@ proposals (models/template_proposals.py), made only for classes whose own exempl
 outlines at a mean best IoU below `--proposal-gate-iou G` (models/outline_gate.py; 1: every
 class); `--border-factor E` sets the exemplar-border prior
 (models/border_prior.py); `--prompt-views V` the flips each exemplar is encoded in
-(models/prompt_views.py). The file's fingerprint changes with them.
+(models/prompt_views.py); `--image-views I` the mirrorings each inspected image is scored in
+(models/view_fusion.py). The file's fingerprint changes with them.
 
 The threshold is the score exceeded by at most TARGET_RATE of the calibration images (a fixed
 30% hash-chosen share of the defect-free images) with every class of the dataset prompted.
@@ -45,6 +46,7 @@ SCORING_FLAGS = {
     "proposal_gate_iou": "proposal_gate_iou",
     "border_factor": "border_factor",
     "prompt_views": "prompt_views",
+    "image_views": "image_views",
 }
 
 
@@ -96,6 +98,12 @@ def main() -> None:
         default=None,
         help="set the flips each exemplar is encoded in, V (1, 2, 4 or 8), first",
     )
+    p.add_argument(
+        "--image-views",
+        type=int,
+        default=None,
+        help="set the mirrorings each inspected image is scored in, I (1, 2 or 4), first",
+    )
     p.add_argument("--dry-run", action="store_true", help="print, do not write the model file")
     args = p.parse_args()
     scoring: dict[str, float | int] = {}
@@ -129,6 +137,7 @@ def main() -> None:
         proposal_gate_iou=scoring.get("proposal_gate_iou", predictor.info.proposal_gate_iou),
         border_factor=scoring.get("border_factor", predictor.info.border_factor),
         prompt_views=int(scoring.get("prompt_views", predictor.info.prompt_views)),
+        image_views=int(scoring.get("image_views", predictor.info.image_views)),
     )
     info = calibrate(predictor, ds, args.seeds, args.target_rate)
     if not args.dry_run:

@@ -297,6 +297,7 @@ def evaluate(
             "template_proposal_score": predictor.info.template_proposal_score,
             "proposal_gate_iou": predictor.info.proposal_gate_iou,
             "prompt_views": predictor.info.prompt_views,
+            "image_views": predictor.info.image_views,
             "model_fingerprint": predictor.fingerprint,
         },
         "runs": runs,

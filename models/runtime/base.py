@@ -57,6 +57,7 @@ class ModelInfo:
     proposal_gate_iou: float = 1.0  # ...for classes outlined below this (outline_gate.py); 1: all
     border_factor: float = 1.0  # exemplar-border prior (border_prior.py); 1: off
     prompt_views: int = 1  # flips each exemplar is encoded in, averaged (prompt_views.py)
+    image_views: int = 1  # mirrorings each inspected image is scored in (view_fusion.py)
 
     @classmethod
     def from_model_file(cls, mf: ModelFile) -> ModelInfo:
@@ -79,6 +80,7 @@ class ModelInfo:
             proposal_gate_iou=c.proposal_gate_iou,
             border_factor=c.border_factor,
             prompt_views=c.prompt_views,
+            image_views=c.image_views,
         )
 
     def to_metadata(self, graph: str) -> dict[str, str]:
@@ -102,6 +104,7 @@ class ModelInfo:
             "proposal_gate_iou": repr(self.proposal_gate_iou),
             "border_factor": repr(self.border_factor),
             "prompt_views": str(self.prompt_views),
+            "image_views": str(self.image_views),
             "input_range": "RGB float32 in [0, 1]; normalisation is inside the graph",
         }
 
@@ -132,6 +135,7 @@ class ModelInfo:
             proposal_gate_iou=float(meta.get("proposal_gate_iou", "1.0")),  # older: ungated
             border_factor=float(meta.get("border_factor", "1.0")),  # older graphs: off
             prompt_views=int(meta.get("prompt_views", "1")),  # older graphs: one view
+            image_views=int(meta.get("image_views", "1")),  # older graphs: as given only
         )
 
 
