@@ -201,6 +201,9 @@ class Predictor:
     ) -> list[Detections]:
         """Detections for each uint8 RGB image, class indices into the rows of `prototypes`.
 
+        Each image is scored in the model file's `image_views` views in one batch and their
+        detections agreed (`models/view_fusion.py`) before any exemplar-based rescoring.
+
         `class_sides` (per class, the log sizes of its exemplar boxes: `size_prior.log_sides`)
         turns on the model's exemplar-size prior (`models/size_prior.py`); None scores without it.
         `class_crops` (per class, its exemplars' grey crops: `template_match.exemplar_crops`)
