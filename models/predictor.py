@@ -279,8 +279,8 @@ class Predictor:
     ) -> list[Detections]:
         """Each image's detections agreed over its `image_views` views (`models/view_fusion.py`).
 
-        A view's detections are kept down to threshold / views: a group scores the views' mean,
-        so a find every view makes at just that score still reaches the threshold."""
+        A view's detections are kept down to threshold / views, so a find that one view scores
+        under the threshold still adds its share to its group's mean (the views' mean score)."""
         views = self.info.image_views
         if views == 1:
             return self.postprocess(
