@@ -280,12 +280,9 @@ class Predictor:
         """Each image's detections agreed over its `image_views` views (`models/view_fusion.py`).
 
         A view's detections are kept down to threshold / views, so a find that one view scores
-        under the threshold still adds its share to its group's mean (the views' mean score)."""
+        under the threshold still adds its share to its group's mean (the views' mean score); one
+        view is thresholded as it is."""
         views = self.info.image_views
-        if views == 1:
-            return self.postprocess(
-                out, letterboxes, score_threshold, max_detections, with_masks, class_sides
-            )
         floor = np.asarray(score_threshold, dtype=np.float32) / views
         per_view = self.postprocess(
             out, letterboxes, floor, max_detections, with_masks, class_sides

@@ -42,8 +42,6 @@ def unview(det: Detections, view: int, width: int, height: int) -> Detections:
     if view in (2, 3):
         boxes[:, [1, 3]] = height - det.boxes[:, [3, 1]]
         masks = None if masks is None else masks[:, ::-1]
-    if masks is not None and view:
-        masks = np.ascontiguousarray(masks)
     return Detections(det.class_index, det.scores, boxes, masks)
 
 

@@ -1,19 +1,14 @@
 """Prompt views: an exemplar's embedding does not depend on which way its part was photographed."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.build import build_model
-from models.checkpoint import save_model
 from models.config import ModelConfig
-from models.predictor import PromptRegion, TorchPredictor
+from models.predictor import PromptRegion
 from models.prompt_views import prompt_views
-from tests.tiny import TINY_RANDOM
+from tests.tiny import random_tiny_predictor
 
 
 @st.composite
@@ -69,14 +64,6 @@ def test_a_view_count_outside_the_groups_is_refused():
         ModelConfig(prompt_views=3)
 
 
-def _predictor(tmp_path, views: int) -> TorchPredictor:
-    torch.manual_seed(0)
-    cfg = replace(TINY_RANDOM, prompt_views=views)
-    path = tmp_path / f"views{views}.pt"
-    save_model(build_model(cfg).eval(), cfg, path, {"score_threshold": 0.3})
-    return TorchPredictor.load(path, threads=1)
-
-
 def test_a_flipped_photo_of_the_exemplar_registers_the_same_embedding(tmp_path):
     """With four views an engineer gets one embedding whichever way up the part was shot; with
     one view (older model files) the embedding moves."""
@@ -90,7 +77,7 @@ def test_a_flipped_photo_of_the_exemplar_registers_the_same_embedding(tmp_path):
     image_flipped = np.ascontiguousarray(image[::-1, ::-1])
     gaps = {}
     for views in (1, 4):
-        pred = _predictor(tmp_path, views)
+        pred = random_tiny_predictor(tmp_path / f"views{views}.pt", prompt_views=views)
         assert pred.info.prompt_views == views
         a = pred.encode_prompts(image, [region])
         b = pred.encode_prompts(image_flipped, [flipped])

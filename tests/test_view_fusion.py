@@ -3,22 +3,16 @@ keeps its score, one found in a single view loses in proportion, and each view m
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.build import build_model
-from models.checkpoint import save_model
 from models.config import ModelConfig
 from models.postprocess import Detections
-from models.predictor import TorchPredictor
 from models.runtime.base import ModelInfo
 from models.view_fusion import VIEW_COUNTS, fuse_views, unview, view_images
-from tests.tiny import TINY_RANDOM
+from tests.tiny import TINY_RANDOM, random_tiny_predictor
 
 
 def _dets(boxes, scores, classes, shape=(40, 60)) -> Detections:
@@ -108,14 +102,6 @@ def test_one_view_changes_nothing_and_an_unknown_count_is_refused():
     assert VIEW_COUNTS == (1, 2, 4)
 
 
-def _predictor(tmp_path, views: int) -> TorchPredictor:
-    torch.manual_seed(0)
-    cfg = replace(TINY_RANDOM, image_views=views)
-    path = tmp_path / f"image_views{views}.pt"
-    save_model(build_model(cfg).eval(), cfg, path, {"score_threshold": 0.3})
-    return TorchPredictor.load(path, threads=1)
-
-
 def _as_found(det: Detections) -> list[tuple[int, float, tuple[float, ...]]]:
     return sorted(
         (int(c), round(float(s), 4), tuple(np.round(b, 1)))
@@ -135,7 +121,7 @@ def test_a_mirrored_photo_of_the_part_gets_the_same_findings(tmp_path):
     protos /= np.linalg.norm(protos, axis=1, keepdims=True)
     same = {}
     for views in (1, 2):
-        pred = _predictor(tmp_path, views)
+        pred = random_tiny_predictor(tmp_path / f"views{views}.pt", image_views=views)
         assert pred.info.image_views == views
         a, b = pred.detect([image, mirrored], protos, 1e-4, with_masks=False)
         assert len(a), "the random tiny model finds something"

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.build import build_model
 from models.checkpoint import save_model
 from models.config import get_preset
 from models.data.records import Instance, Record
 from models.data.synthetic import render_defect_image
+from models.predictor import TorchPredictor
 from models.training.augment import AugmentConfig
 from models.training.episodes import EpisodeConfig
 from models.training.trainer import TrainConfig, Trainer
@@ -37,6 +39,15 @@ TINY = get_preset(
     border_factor=1.0,
 )
 TINY_RANDOM = replace(TINY, pretrained=False)  # for tests that need shapes, not ImageNet weights
+
+
+def random_tiny_predictor(path: Path, **fields) -> TorchPredictor:
+    """A seeded, untrained TINY_RANDOM model with `fields` changed, saved to `path` and loaded
+    the way the service loads a model file (one thread, threshold 0.3)."""
+    torch.manual_seed(0)
+    cfg = replace(TINY_RANDOM, **fields)
+    save_model(build_model(cfg).eval(), cfg, path, {"score_threshold": 0.3})
+    return TorchPredictor.load(path, threads=1)
 
 
 @dataclass
