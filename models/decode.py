@@ -198,3 +198,18 @@ def decode_image(
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8 RGB (H, W, 3) of an image file."""
     return decode_image(Path(path).read_bytes(), max_pixels=max_pixels).rgb
+
+
+IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under `folder` (any depth), sorted; a NAME.png lying beside a NAME image
+    of another format is left out: it is that image's mask, as in the folder datasets."""
+    files = sorted(
+        f
+        for f in Path(folder).rglob("*")
+        if f.is_file() and f.suffix.lower() in IMAGE_FILE_SUFFIXES
+    )
+    stems = {f.with_suffix("") for f in files if f.suffix.lower() != ".png"}
+    return [f for f in files if f.suffix.lower() != ".png" or f.with_suffix("") not in stems]

@@ -67,6 +67,44 @@ def postprocess(
 ) -> Detections:
     """One image: logits (Q, C), boxes (Q, 4) normalised cxcywh, mask_logits (Q, h, w).
 
+    `select_queries` chooses and scores the detections; with `with_masks`, `query_masks` gives
+    each its mask in original pixels. A kept mask that fills at least `mask_hull_min_fill` of its
+    convex hull is given the hull (`models/mask_hull.py`; 1 leaves masks as predicted).
+    """
+    det, queries = select_queries(
+        logits,
+        boxes,
+        mask_logits,
+        letterbox,
+        score_threshold,
+        max_detections,
+        nms_iou,
+        box_from_mask,
+        class_sides,
+        size_sigma,
+        mask_score_weight,
+    )
+    if with_masks and mask_logits is not None:
+        det.masks = query_masks(mask_logits, queries, letterbox, mask_hull_min_fill)
+    return det
+
+
+def select_queries(
+    logits: np.ndarray,
+    boxes: np.ndarray,
+    mask_logits: np.ndarray | None,
+    letterbox: Letterbox,
+    score_threshold: float | np.ndarray = 0.3,
+    max_detections: int = 100,
+    nms_iou: float = 0.6,
+    box_from_mask: bool = True,
+    class_sides: Sequence[np.ndarray] | None = None,
+    size_sigma: float = 0.0,
+    mask_score_weight: float = 0.0,
+) -> tuple[Detections, np.ndarray]:
+    """One image's detections without masks, and the query each came from (`query_masks` turns
+    those into masks later, once it is known which detections survive).
+
     `score_threshold` may be one value or one per class (C,). With `box_from_mask`, a detection's
     box is the tight box of its predicted mask wherever that mask is non-empty: the stride-4 mask
     head localises small defects more precisely than the regressed box (as in Mask2Former).
@@ -74,8 +112,7 @@ def postprocess(
     `size_sigma` > 0, each query's class probabilities are weighed by how close its box is in size
     to the class's exemplars before the class is chosen and the threshold applies. With
     `mask_score_weight` w > 0 they are also multiplied by the query's mask confidence to the
-    power w (`models/mask_score.py`). A kept mask that fills at least `mask_hull_min_fill` of its
-    convex hull is given the hull (`models/mask_hull.py`; 1 leaves masks as predicted).
+    power w (`models/mask_score.py`).
     """
     probs = _sigmoid(logits.astype(np.float32))
     xyxy = cxcywh_to_xyxy(torch.from_numpy(boxes.astype(np.float32)))
@@ -101,13 +138,22 @@ def postprocess(
         ).numpy()
         keep, xyxy = keep[kept], xyxy[kept]
     keep, xyxy = keep[:max_detections], xyxy[:max_detections].numpy()
-    masks = None
-    if with_masks and mask_logits is not None:
-        probs_m = letterbox.masks_to_original(_sigmoid(mask_logits[keep].astype(np.float32)))
-        masks = fill_compact(probs_m > 0.5, mask_hull_min_fill)
-    return Detections(
+    det = Detections(
         class_index=cls[keep].astype(np.int64),
         scores=score[keep].astype(np.float32),
         boxes=letterbox.boxes_to_original(xyxy.reshape(-1, 4)),
-        masks=masks,
+        masks=None,
     )
+    return det, keep.astype(np.int64)
+
+
+def query_masks(
+    mask_logits: np.ndarray,
+    queries: np.ndarray,
+    letterbox: Letterbox,
+    mask_hull_min_fill: float = 1.0,
+) -> np.ndarray:
+    """(n, H, W) bool masks in original pixels of the queries `queries` (indices into the
+    mask_logits (Q, h, w)), compact ones given their convex hull (`models/mask_hull.py`)."""
+    probs = letterbox.masks_to_original(_sigmoid(mask_logits[queries].astype(np.float32)))
+    return fill_compact(probs > 0.5, mask_hull_min_fill)

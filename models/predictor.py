@@ -18,7 +18,7 @@ import numpy as np
 
 from models.border_prior import border_factors
 from models.checkpoint import ModelFile, load_model
-from models.postprocess import Detections, postprocess
+from models.postprocess import Detections, postprocess, query_masks, select_queries
 from models.preprocess import Letterbox, to_tensor_layout
 from models.prompt_views import prompt_views
 from models.runtime.base import DEFAULT_SCORE_THRESHOLD, InferenceBackend, ModelInfo
@@ -31,7 +31,7 @@ from models.runtime.select import (
 from models.runtime.torch_backend import TorchBackend
 from models.template_match import ExemplarCrop, interior_classes, template_factors
 from models.template_proposals import PROPOSAL_MARGIN, box_masks, match_regions
-from models.view_fusion import fuse_views, unview, view_images
+from models.view_fusion import fuse_with_origin, unview, unview_masks, view_images
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -281,18 +281,58 @@ class Predictor:
 
         A view's detections are kept down to threshold / views, so a find that one view scores
         under the threshold still adds its share to its group's mean (the views' mean score); one
-        view is thresholded as it is."""
+        view is thresholded as it is. Masks are brought to full size only for the detections the
+        agreement keeps: most of a view's low-scored finds are dropped there."""
         views = self.info.image_views
         floor = np.asarray(score_threshold, dtype=np.float32) / views
-        per_view = self.postprocess(
-            out, letterboxes, floor, max_detections, with_masks, class_sides
-        )
+        chosen = [
+            select_queries(
+                out["pred_logits"][k],
+                out["pred_boxes"][k],
+                out["pred_masks"][k],
+                lb,
+                floor,
+                max_detections,
+                class_sides=class_sides,
+                size_sigma=self.info.size_prior_sigma,
+                mask_score_weight=self.info.mask_score_weight,
+            )
+            for k, lb in enumerate(letterboxes)
+        ]
         fused = []
         for i, image in enumerate(images):
             h, w = image.shape[:2]
-            found = [unview(per_view[i * views + v], v, w, h) for v in range(views)]
-            fused.append(fuse_views(found, score_threshold, max_detections))
+            found = [unview(chosen[i * views + v][0], v, w, h) for v in range(views)]
+            det, origin = fuse_with_origin(found, score_threshold, max_detections)
+            if with_masks:
+                det.masks = self._origin_masks(out, letterboxes, chosen, i * views, origin)
+            fused.append(det)
         return fused
+
+    def _origin_masks(
+        self,
+        out: dict[str, np.ndarray],
+        letterboxes: list[Letterbox],
+        chosen: list[tuple[Detections, np.ndarray]],
+        first: int,
+        origin: np.ndarray,
+    ) -> np.ndarray:
+        """Full-size masks, in the image's own pixels, of the fused detections whose members
+        `origin` names (view, index in that view's choice); the image's views start at batch
+        row `first`."""
+        lb = letterboxes[first]
+        masks = np.zeros((len(origin), lb.height, lb.width), dtype=bool)
+        for v in np.unique(origin[:, 0]):
+            rows = np.nonzero(origin[:, 0] == v)[0]
+            queries = chosen[first + v][1][origin[rows, 1]]
+            found = query_masks(
+                out["pred_masks"][first + v],
+                queries,
+                letterboxes[first + v],
+                self.info.mask_hull_min_fill,
+            )
+            masks[rows] = unview_masks(found, int(v))
+        return masks
 
     def postprocess(
         self,

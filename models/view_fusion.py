@@ -35,14 +35,21 @@ def view_images(image: np.ndarray, views: int) -> list[np.ndarray]:
 def unview(det: Detections, view: int, width: int, height: int) -> Detections:
     """Detections found in view `view` of a (height, width) image, in the image's own pixels."""
     boxes = det.boxes.copy()
-    masks = det.masks
     if view in (1, 3):
         boxes[:, [0, 2]] = width - det.boxes[:, [2, 0]]
-        masks = None if masks is None else masks[:, :, ::-1]
     if view in (2, 3):
         boxes[:, [1, 3]] = height - det.boxes[:, [3, 1]]
-        masks = None if masks is None else masks[:, ::-1]
+    masks = None if det.masks is None else unview_masks(det.masks, view)
     return Detections(det.class_index, det.scores, boxes, masks)
+
+
+def unview_masks(masks: np.ndarray, view: int) -> np.ndarray:
+    """(n, H, W) masks found in view `view`, in the image's own pixels (a view, not a copy)."""
+    if view in (1, 3):
+        masks = masks[:, :, ::-1]
+    if view in (2, 3):
+        masks = masks[:, ::-1]
+    return masks
 
 
 def _groups(cls: np.ndarray, scores: np.ndarray, boxes: np.ndarray, view: np.ndarray, views: int):
@@ -75,15 +82,36 @@ def fuse_views(
 ) -> Detections:
     """One image's detections from each of its views (already in its own pixels, `unview`) ->
     the agreed detections, scored by the views' mean, thresholded, ranked, at most
-    `max_detections`. One view is returned as it is."""
+    `max_detections`, each with its best member's mask. One view is returned as it is."""
     if len(per_view) == 1:
         return per_view[0]
+    fused, origin = fuse_with_origin(per_view, score_threshold, max_detections)
+    masks = [d.masks for d in per_view]
+    if all(m is not None for m in masks):
+        fused.masks = np.zeros((len(origin), *masks[0].shape[1:]), dtype=bool)  # type: ignore[union-attr]
+        for k, (v, i) in enumerate(origin):
+            fused.masks[k] = masks[v][i]  # type: ignore[index]
+    return fused
+
+
+def fuse_with_origin(
+    per_view: Sequence[Detections],
+    score_threshold: float | np.ndarray,
+    max_detections: int = 100,
+) -> tuple[Detections, np.ndarray]:
+    """`fuse_views` without masks, and the origin of each fused detection: (n, 2) int, the view
+    and the index within that view's detections of the member that lends its box. A caller that
+    made its detections without masks can then bring only these members' masks to full size."""
+    if len(per_view) == 1:
+        det = per_view[0]
+        origin = np.stack([np.zeros(len(det), np.int64), np.arange(len(det))], axis=1)
+        return Detections(det.class_index, det.scores, det.boxes, None), origin
     views = len(per_view)
     cls = np.concatenate([d.class_index for d in per_view]).astype(np.int64)
     scores = np.concatenate([d.scores for d in per_view]).astype(np.float32)
     boxes = np.concatenate([d.boxes for d in per_view]).astype(np.float32).reshape(-1, 4)
     view = np.concatenate([np.full(len(d), v) for v, d in enumerate(per_view)]).astype(np.int64)
-    with_masks = all(d.masks is not None for d in per_view)
+    index = np.concatenate([np.arange(len(d)) for d in per_view]).astype(np.int64)
     groups = _groups(cls, scores, boxes, view, views) if len(scores) else []
     seed = np.array([g[0] for g in groups], dtype=np.int64)
     fused = np.array([g[1] for g in groups], dtype=np.float32)
@@ -92,12 +120,5 @@ def fuse_views(
     keep = np.nonzero(fused >= floor)[0]
     keep = keep[np.argsort(-fused[keep], kind="stable")][:max_detections]
     seed = seed[keep]
-    masks = None
-    if with_masks:
-        masks = np.concatenate([d.masks for d in per_view])[seed]  # type: ignore[misc]
-    return Detections(
-        class_index=cls[seed],
-        scores=fused[keep],
-        boxes=boxes[seed],
-        masks=masks,
-    )
+    det = Detections(class_index=cls[seed], scores=fused[keep], boxes=boxes[seed], masks=None)
+    return det, np.stack([view[seed], index[seed]], axis=1).reshape(-1, 2)

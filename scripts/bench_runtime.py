@@ -3,6 +3,7 @@
     python scripts/bench_runtime.py --out runs/bench_runtime.json
     python scripts/bench_runtime.py --model runs/default/model.pt --out BENCH.json --iters 50
     python scripts/bench_runtime.py --backends torch onnxruntime-cpu --iters 5 --out /tmp/b.json
+    python scripts/bench_runtime.py --images ../shared/datasets/magnetic_tile/Free --out B.json
 
 Writes {"backends": {NAME: {"batch1": {"p50_ms", "p99_ms", "images_per_s", ...}, "batch8": ...}},
 "skipped": {NAME: reason}, "ratios", "machine", "model", "peak_rss_mib"} with NAME among torch,
@@ -10,7 +11,9 @@ onnxruntime-cpu, onnxruntime-cuda, tensorrt (those this machine can run). Latenc
 model call; end-to-end figures (preprocess + model + postprocess with masks) sit beside them.
 `ratios.onnxruntime-cpu_vs_torch` is eager PyTorch's p50 over ONNX Runtime CPU's (target >= 1.5).
 Without --model it uses models/weights/unispector_small.pt or runs/default/model.pt, whichever
-exists, else a randomly initialised `small` model (the report says which).
+exists, else a randomly initialised `small` model (the report says which). The images are 8
+synthetic ones unless --images names a folder of real ones (masks beside them left out); the
+prompts are the centre regions of those images.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from models.build import build_model
 from models.checkpoint import save_model
 from models.config import get_preset
+from models.decode import image_files, read_image
 from models.export import check_images
 from models.predictor import Predictor, PromptRegion
 from models.runtime.base import BACKEND_NAMES, BackendUnavailable
@@ -54,6 +58,17 @@ def resolve_model(arg: Path | None, scratch: Path) -> tuple[Path, dict]:
     return path, {"path": None, "random_init": True, "preset": "small"}
 
 
+def load_images(folder: Path | None, n: int = 8) -> list[np.ndarray]:
+    """The first `n` images under `folder`, or `n` synthetic ones: how many detections each
+    image yields moves the postprocess time, so real images give the figures a line will see."""
+    if folder is None:
+        return check_images(n)
+    files = image_files(folder)
+    if not files:
+        sys.exit(f"no images under {folder}: give a folder of JPEG, PNG, BMP or TIFF files")
+    return [read_image(f) for f in files[:n]]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", type=Path, default=None)
@@ -65,13 +80,19 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=5, help="prototypes C per call")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: library default)")
     p.add_argument("--onnx-cache", type=Path, default=None, help="where to export missing graphs")
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of real images to time on (its first 8; default: synthetic ones)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     with tempfile.TemporaryDirectory() as scratch:
         model_path, model_report = resolve_model(args.model, Path(scratch))
         cache = args.onnx_cache or Path(scratch) / "onnx"
-        images = check_images(8)
+        images = load_images(args.images)
         report: dict = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine_info(),
@@ -81,6 +102,7 @@ def main() -> None:
                 "warmup": args.warmup,
                 "classes": args.classes,
                 "threads": args.threads,
+                "images": str(args.images or "synthetic"),
                 "image_sizes": sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images}),
             },
             "backends": {},

@@ -20,11 +20,9 @@ import time
 from pathlib import Path
 
 from models.checkpoint import load_model
-from models.decode import read_image
+from models.decode import image_files, read_image
 from models.export import DEFAULT_OPSET, check_export, check_images, export_graphs, graph_paths
 from models.runtime.select import DEFAULT_MODEL_PATH
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def main() -> None:
@@ -53,7 +51,7 @@ def main() -> None:
     }
     if args.check_images:
         if args.images is not None:
-            files = sorted(f for f in args.images.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            files = image_files(args.images)
             if not files:
                 sys.exit(f"no images under {args.images}")
             images = [read_image(f) for f in files[: args.check_images]]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models.decode import ImageDecodeError, decode_image
+from models.decode import ImageDecodeError, decode_image, image_files, read_image
 from models.postprocess import postprocess
 from models.preprocess import PAD_VALUE, Letterbox, to_tensor_layout
 from models.rle import decode_rle, encode_rle, encode_rles, rle_area
@@ -196,3 +196,20 @@ def test_rle_batch_equals_single_and_handles_edge_cases():
     assert decode_rle(uncompressed).T.reshape(-1).tolist() == [0, 1, 1, 0, 0, 0]
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         encode_rle(masks)
+
+
+def test_an_image_folder_lists_its_images_and_leaves_their_masks_out(tmp_path):
+    """Benchmarks and export checks take a dataset folder as it is: a mask lying beside its image
+    is not timed or checked as an image, a lone PNG photo is."""
+    pixels = np.full((8, 8, 3), 120, np.uint8)
+    (tmp_path / "cls").mkdir()
+    for name in ("cls/a.jpg", "cls/a.png", "b.bmp", "c.png", "notes.txt"):
+        path = tmp_path / name
+        if name.endswith(".txt"):
+            path.write_text("not an image")
+        else:
+            cv2.imwrite(str(path), pixels)
+    found = [f.relative_to(tmp_path).as_posix() for f in image_files(tmp_path)]
+    assert found == ["b.bmp", "c.png", "cls/a.jpg"]
+    assert all(read_image(tmp_path / f).shape == (8, 8, 3) for f in found)
+    assert image_files(tmp_path / "cls" / "a.jpg.missing") == []

@@ -3,15 +3,20 @@ keeps its score, one found in a single view loses in proportion, and each view m
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.checkpoint import set_scoring
 from models.config import ModelConfig
+from models.data.synthetic import render_defect_image
 from models.postprocess import Detections
+from models.predictor import PromptRegion, TorchPredictor
 from models.runtime.base import ModelInfo
-from models.view_fusion import VIEW_COUNTS, fuse_views, unview, view_images
+from models.view_fusion import VIEW_COUNTS, fuse_views, fuse_with_origin, unview, view_images
 from tests.tiny import TINY_RANDOM, random_tiny_predictor
 
 
@@ -128,6 +133,35 @@ def test_a_mirrored_photo_of_the_part_gets_the_same_findings(tmp_path):
         back = unview(b, 1, size, size)
         same[views] = _as_found(a) == _as_found(back)
     assert same == {1: False, 2: True}
+
+
+@pytest.mark.parametrize("views", VIEW_COUNTS)
+def test_masks_made_only_for_agreed_detections_are_the_masks_of_every_view(
+    tiny_run, tmp_path, views
+):
+    """The predictor brings masks to full size only for the detections the views agree on; they
+    are exactly the masks a fusion of every view's full-size detections gives, also where a
+    mirrored view lends its member."""
+    path = tmp_path / "m.pt"
+    shutil.copy(tiny_run.model_path, path)
+    set_scoring(path, image_views=views, mask_hull_min_fill=0.3, mask_score_weight=0.0)
+    pred = TorchPredictor.load(path, threads=1)
+    rng = np.random.default_rng(3)
+    shots = [render_defect_image(rng, (90, 140), ("scratch", "spot"), 3, "plain") for _ in range(3)]
+    image, inst = shots[0]
+    protos = pred.encode_prompts(image, [PromptRegion(x.box, x.mask) for x in inst])
+    lenders = set()
+    for image, _ in shots:
+        got = pred.detect([image], protos, 1e-3)[0]
+        boxes, batch = pred.preprocess(view_images(image, views))
+        every = pred.postprocess(pred.raw(batch, protos), boxes, 1e-3 / views)
+        found = [unview(d, v, 140, 90) for v, d in enumerate(every)]
+        want = fuse_views(found, 1e-3)
+        lenders |= set(fuse_with_origin(found, 1e-3)[1][:, 0].tolist())
+        assert len(got) >= 3, "the trained tiny model finds the three defects"
+        assert _as_found(got) == _as_found(want)
+        np.testing.assert_array_equal(got.masks, want.masks)
+    assert lenders == set(range(views)), "every view lends some detection its mask"
 
 
 def test_model_files_and_graphs_from_before_the_views_score_each_image_once():
