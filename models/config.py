@@ -63,7 +63,7 @@ class ModelConfig:
     proposal_gate_iou: float = 0.4  # ...for classes outlined below this (outline_gate.py); 1: all
     border_factor: float = 0.5  # score *= this at the border for interior classes; 1: off
     prompt_views: int = 4  # each exemplar encoded in 1, 2, 4 or 8 flips, averaged (prompt_views.py)
-    image_views: int = 2  # inspected image scored in 1, 2 or 4 mirrorings, agreed (view_fusion.py)
+    image_views: int = 4  # inspected image scored in 1, 2 or 4 mirrorings, agreed (view_fusion.py)
     spectrum_bins: int = 256  # J radial frequency bins (paper C.4: 256)
     spectrum_crop: int = 64  # side of the square resampled region before the FFT
     prompt_token_stride: int = 8  # feature level the spatial prompt path attends over

@@ -165,7 +165,7 @@ def test_masks_made_only_for_agreed_detections_are_the_masks_of_every_view(
 
 
 def test_model_files_and_graphs_from_before_the_views_score_each_image_once():
-    assert ModelConfig().image_views == 2
+    assert ModelConfig().image_views == 4
     legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "image_views"}
     assert ModelConfig.from_dict(legacy).image_views == 1
     with pytest.raises(ValueError, match="image_views"):
