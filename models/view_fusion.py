@@ -44,7 +44,8 @@ def unview(det: Detections, view: int, width: int, height: int) -> Detections:
 
 
 def unview_masks(masks: np.ndarray, view: int) -> np.ndarray:
-    """(n, H, W) masks found in view `view`, in the image's own pixels (a view, not a copy)."""
+    """(n, H, W) masks found in view `view`, in the image's own pixels (mirrored by strides, not
+    copied)."""
     if view in (1, 3):
         masks = masks[:, :, ::-1]
     if view in (2, 3):
