@@ -18,7 +18,7 @@ import numpy as np
 
 from models.border_prior import border_factors
 from models.checkpoint import ModelFile, load_model
-from models.postprocess import Detections, postprocess, query_masks, select_queries
+from models.postprocess import Detections, query_masks, select_queries
 from models.preprocess import Letterbox, to_tensor_layout
 from models.prompt_views import prompt_views
 from models.runtime.base import DEFAULT_SCORE_THRESHOLD, InferenceBackend, ModelInfo
@@ -285,20 +285,7 @@ class Predictor:
         agreement keeps: most of a view's low-scored finds are dropped there."""
         views = self.info.image_views
         floor = np.asarray(score_threshold, dtype=np.float32) / views
-        chosen = [
-            select_queries(
-                out["pred_logits"][k],
-                out["pred_boxes"][k],
-                out["pred_masks"][k],
-                lb,
-                floor,
-                max_detections,
-                class_sides=class_sides,
-                size_sigma=self.info.size_prior_sigma,
-                mask_score_weight=self.info.mask_score_weight,
-            )
-            for k, lb in enumerate(letterboxes)
-        ]
+        chosen = self._select(out, letterboxes, floor, max_detections, class_sides)
         fused = []
         for i, image in enumerate(images):
             h, w = image.shape[:2]
@@ -334,6 +321,31 @@ class Predictor:
             masks[rows] = unview_masks(found, int(v))
         return masks
 
+    def _select(
+        self,
+        out: dict[str, np.ndarray],
+        letterboxes: list[Letterbox],
+        score_threshold: float | np.ndarray,
+        max_detections: int,
+        class_sides: Sequence[np.ndarray] | None,
+    ) -> list[tuple[Detections, np.ndarray]]:
+        """Each batch row's detections without masks, with the query each came from
+        (`postprocess.select_queries` under the model file's scoring)."""
+        return [
+            select_queries(
+                out["pred_logits"][k],
+                out["pred_boxes"][k],
+                out["pred_masks"][k],
+                lb,
+                score_threshold,
+                max_detections,
+                class_sides=class_sides,
+                size_sigma=self.info.size_prior_sigma,
+                mask_score_weight=self.info.mask_score_weight,
+            )
+            for k, lb in enumerate(letterboxes)
+        ]
+
     def postprocess(
         self,
         out: dict[str, np.ndarray],
@@ -343,23 +355,17 @@ class Predictor:
         with_masks: bool = True,
         class_sides: Sequence[np.ndarray] | None = None,
     ) -> list[Detections]:
-        """Raw batch outputs (`raw`) -> detections in each image's original pixels."""
-        return [
-            postprocess(
-                out["pred_logits"][i],
-                out["pred_boxes"][i],
-                out["pred_masks"][i],
-                lb,
-                score_threshold,
-                max_detections,
-                with_masks=with_masks,
-                class_sides=class_sides,
-                size_sigma=self.info.size_prior_sigma,
-                mask_hull_min_fill=self.info.mask_hull_min_fill,
-                mask_score_weight=self.info.mask_score_weight,
-            )
-            for i, lb in enumerate(letterboxes)
-        ]
+        """Raw batch outputs (`raw`) -> detections in each image's original pixels, every batch
+        row on its own (no view agreement: backends are compared through this)."""
+        dets = []
+        for k, (det, queries) in enumerate(
+            self._select(out, letterboxes, score_threshold, max_detections, class_sides)
+        ):
+            if with_masks:
+                fill = self.info.mask_hull_min_fill
+                det.masks = query_masks(out["pred_masks"][k], queries, letterboxes[k], fill)
+            dets.append(det)
+        return dets
 
     def check_templates(
         self,
