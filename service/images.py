@@ -25,6 +25,7 @@ __all__ = [
     "decode_mask",
     "encode_png",
     "encode_polygons",
+    "grey_level_spread",
     "heatmap",
     "heatmap_png_base64",
     "regions_from_mask",
@@ -69,7 +70,12 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
 
 
 def decode_mask(data: bytes, width: int, height: int, max_bytes: int) -> np.ndarray:
-    """A mask upload (PNG preferred; any supported format) -> (H, W) bool, non-zero = defect."""
+    """A mask upload (PNG preferred; any supported format) -> (H, W) bool, non-zero = defect.
+
+    Refused (422) when it is not the image's size, when it has many grey levels (a photo sent as
+    the mask) and when it marks nearly the whole image (an inverted mask, or the image itself):
+    each would otherwise register an exemplar that teaches the class nothing.
+    """
     check_size(data, max_bytes, "mask")
     try:
         _, w, h = decode.probe(data, width * height + 1)
@@ -85,9 +91,47 @@ def decode_mask(data: bytes, width: int, height: int, max_bytes: int) -> np.ndar
     if raw is None:
         raise Problem(400, "corrupt-image", "the mask could not be decoded")
     if raw.ndim == 3:
-        channels = raw[..., :3] if raw.shape[2] >= 3 else raw
-        return np.asarray(channels.max(axis=2) > 0)
-    return np.asarray(raw > 0)
+        raw = (raw[..., :3] if raw.shape[2] >= 3 else raw).max(axis=2)
+    spread = grey_level_spread(raw)
+    if spread > MAX_MASK_SPREAD:
+        raise Problem(
+            422,
+            "mask-not-binary",
+            f"{spread:.0%} of the mask's pixels lie outside its two main grey levels: it looks "
+            "like a photo, not a mask; send a PNG whose defect pixels are non-zero and the rest 0",
+        )
+    mask = np.asarray(raw > 0)
+    if mask.mean() >= MAX_MASK_COVER:
+        raise Problem(
+            422,
+            "mask-covers-image",
+            f"the mask marks {mask.mean():.0%} of the image as defect; an exemplar is a region of "
+            "the image: is the mask inverted (the background must be 0) or is it the image itself?",
+        )
+    return mask
+
+
+# A mask is two levels, give or take anti-aliased or JPEG-blurred edges (at most 2% of the pixels
+# of every magnetic-tile mask, 1% of a mask shrunk to a third); a photo spreads over many (14% at
+# least on the magnetic-tile photos, about half on most).
+MAX_MASK_SPREAD = 0.1
+# Defects drawn in the shared datasets cover at most 70% of their image (NEU-Seg's patches); a
+# mask over nearly all of it is a mistake, and a prompt without background the model cannot use.
+MAX_MASK_COVER = 0.95
+
+
+def grey_level_spread(grey: np.ndarray) -> float:
+    """Share of pixels outside the two most-filled of 16 equal grey-level bins (0 for a clean
+    two-level mask, large for a photo); integer images binned over their type's range, float ones
+    over [0, their maximum]."""
+    if np.issubdtype(grey.dtype, np.integer):
+        scaled = grey.astype(np.float64) / np.iinfo(grey.dtype).max
+    else:
+        vals = np.nan_to_num(grey.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scaled = vals / max(float(vals.max()), 1e-12)
+    bins = np.clip((scaled * 16).astype(np.int64), 0, 15)
+    counts = np.sort(np.bincount(bins.ravel(), minlength=16))[::-1]
+    return float(1.0 - counts[:2].sum() / max(bins.size, 1))
 
 
 def regions_from_mask(mask: np.ndarray, min_pixels: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -248,6 +248,9 @@ def test_bad_inputs_get_4xx_problems_and_change_nothing(api, replicas, store, ti
     before = {n: store.dump_namespace(n) for n in (ns, empty_ns)}
     good, instances = tiny_image_bytes(0)
     good_mask = _mask_png(instances[0].mask)
+    # the wrong file in the mask field: a photo of the part, here noise over the full grey range
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128), np.uint8)
+    photo_mask = cv2.imencode(".png", noise)[1].tobytes()
     jpeg = cv2.imencode(".jpg", np.full((64, 64, 3), 100, np.uint8))[1].tobytes()
     huge_pixels = cv2.imencode(".png", np.zeros((1200, 1000), np.uint8))[1].tobytes()
     too_big = b"\x89PNG" + bytes(2 * 1024 * 1024 + 10)
@@ -326,6 +329,26 @@ def test_bad_inputs_get_4xx_problems_and_change_nothing(api, replicas, store, ti
             ),
             422,
             "empty-mask",
+        ),
+        (
+            post_prompt(
+                files={
+                    "image": ("p.png", good, "image/png"),
+                    "mask": ("m.png", photo_mask, "image/png"),
+                }
+            ),
+            422,
+            "mask-not-binary",
+        ),
+        (
+            post_prompt(
+                files={
+                    "image": ("p.png", good, "image/png"),
+                    "mask": ("m.png", _mask_png(np.ones((128, 128), bool)), "image/png"),
+                }
+            ),
+            422,
+            "mask-covers-image",
         ),
         (
             post_prompt(

@@ -13,6 +13,8 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
@@ -25,6 +27,7 @@ from service.images import (
     decode_image,
     decode_mask,
     encode_polygons,
+    grey_level_spread,
     heatmap,
     regions_from_mask,
     thumbnail,
@@ -145,6 +148,35 @@ def test_mask_regions_rle_and_polygons():
     png = _enc(".png", mask.astype(np.uint8) * 255)
     assert np.array_equal(decode_mask(png, 80, 50, MB), mask)
     assert _problem(decode_mask, png, 81, 50, MB).kind == "mask-size-mismatch"
+
+
+def test_a_mask_saved_as_jpeg_or_in_colour_still_registers_but_a_photo_or_full_mask_does_not():
+    mask = np.zeros((60, 80), bool)
+    mask[10:30, 20:50] = True
+    for upload in (
+        _enc(".jpg", mask.astype(np.uint8) * 255, [cv2.IMWRITE_JPEG_QUALITY, 75]),
+        _enc(".png", np.dstack([mask * 0, mask * 0, mask * 255]).astype(np.uint8)),  # red on black
+        _enc(".png", mask.astype(np.uint16) * 1000),  # a 16-bit label map
+    ):
+        got = decode_mask(upload, 80, 60, MB)
+        assert got[mask].all() and got.mean() < 0.2  # the region, give or take blurred edges
+    photo = _enc(".jpg", _rgb(60, 80))
+    assert _problem(decode_mask, photo, 80, 60, MB).kind == "mask-not-binary"
+    full = _enc(".png", np.full((60, 80), 255, np.uint8))
+    assert _problem(decode_mask, full, 80, 60, MB).kind == "mask-covers-image"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    levels=st.tuples(st.integers(0, 255), st.integers(0, 255)),
+    share=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_a_two_level_image_has_no_grey_level_spread(levels, share, seed):
+    """Whatever its two levels and their proportions, a two-level image is a mask, not a photo."""
+    pick = np.random.default_rng(seed).random((24, 32)) < share
+    grey = np.where(pick, levels[0], levels[1]).astype(np.uint8)
+    assert grey_level_spread(grey) == 0.0
 
 
 def test_heatmap_is_the_clipped_score_weighted_sum_of_masks():
