@@ -25,6 +25,8 @@ __all__ = [
     "decode_mask",
     "encode_png",
     "encode_polygons",
+    "defect_level",
+    "grey_level_bins",
     "grey_level_spread",
     "heatmap",
     "heatmap_png_base64",
@@ -41,6 +43,15 @@ _DECODE_PROBLEMS = {
     "unsupported-format": (415, "unsupported-image-format"),
     "corrupt": (400, "corrupt-image"),
 }
+
+
+# A mask is two levels, give or take anti-aliased or JPEG-blurred edges (at most 2% of the pixels
+# of every magnetic-tile mask, 1% of a mask shrunk to a third); a photo spreads over many (14% at
+# least on the magnetic-tile photos, about half on most).
+MAX_MASK_SPREAD = 0.1
+# Defects drawn in the shared datasets cover at most 70% of their image (NEU-Seg's patches); a
+# mask over nearly all of it is a mistake, and a prompt without background the model cannot use.
+MAX_MASK_COVER = 0.95
 
 
 def _problem(exc: ImageDecodeError, what: str = "image") -> Problem:
@@ -70,7 +81,8 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
 
 
 def decode_mask(data: bytes, width: int, height: int, max_bytes: int) -> np.ndarray:
-    """A mask upload (PNG preferred; any supported format) -> (H, W) bool, non-zero = defect.
+    """A mask upload (PNG preferred; any supported format) -> (H, W) bool: defect pixels are the
+    non-zero ones, or those nearer the upper level of a two-level mask (`defect_level`).
 
     Refused (422) when it is not the image's size, when it has many grey levels (a photo sent as
     the mask) and when it marks nearly the whole image (an inverted mask, or the image itself):
@@ -92,7 +104,8 @@ def decode_mask(data: bytes, width: int, height: int, max_bytes: int) -> np.ndar
         raise Problem(400, "corrupt-image", "the mask could not be decoded")
     if raw.ndim == 3:
         raw = (raw[..., :3] if raw.shape[2] >= 3 else raw).max(axis=2)
-    spread = grey_level_spread(raw)
+    bins = grey_level_bins(raw)
+    spread = grey_level_spread(bins)
     if spread > MAX_MASK_SPREAD:
         raise Problem(
             422,
@@ -100,7 +113,7 @@ def decode_mask(data: bytes, width: int, height: int, max_bytes: int) -> np.ndar
             f"{spread:.0%} of the mask's pixels lie outside its two main grey levels: it looks "
             "like a photo, not a mask; send a PNG whose defect pixels are non-zero and the rest 0",
         )
-    mask = np.asarray(raw > 0)
+    mask = np.asarray(raw > defect_level(raw, bins))
     if mask.mean() >= MAX_MASK_COVER:
         raise Problem(
             422,
@@ -111,27 +124,41 @@ def decode_mask(data: bytes, width: int, height: int, max_bytes: int) -> np.ndar
     return mask
 
 
-# A mask is two levels, give or take anti-aliased or JPEG-blurred edges (at most 2% of the pixels
-# of every magnetic-tile mask, 1% of a mask shrunk to a third); a photo spreads over many (14% at
-# least on the magnetic-tile photos, about half on most).
-MAX_MASK_SPREAD = 0.1
-# Defects drawn in the shared datasets cover at most 70% of their image (NEU-Seg's patches); a
-# mask over nearly all of it is a mistake, and a prompt without background the model cannot use.
-MAX_MASK_COVER = 0.95
-
-
-def grey_level_spread(grey: np.ndarray) -> float:
-    """Share of pixels outside the two most-filled of 16 equal grey-level bins (0 for a clean
-    two-level mask, large for a photo); integer images binned over their type's range, float ones
-    over [0, their maximum]."""
+def grey_level_bins(grey: np.ndarray) -> np.ndarray:
+    """Each pixel's bin among 16 equal grey-level bins: integer images binned over their type's
+    range, float ones over [0, their maximum]."""
     if np.issubdtype(grey.dtype, np.integer):
         scaled = grey.astype(np.float64) / np.iinfo(grey.dtype).max
     else:
         vals = np.nan_to_num(grey.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         scaled = vals / max(float(vals.max()), 1e-12)
-    bins = np.clip((scaled * 16).astype(np.int64), 0, 15)
+    return np.clip((scaled * 16).astype(np.int64), 0, 15)
+
+
+def grey_level_spread(bins: np.ndarray) -> float:
+    """Share of pixels outside the two most-filled grey-level bins: 0 for a clean two-level mask,
+    large for a photo."""
     counts = np.sort(np.bincount(bins.ravel(), minlength=16))[::-1]
     return float(1.0 - counts[:2].sum() / max(bins.size, 1))
+
+
+def defect_level(grey: np.ndarray, bins: np.ndarray) -> float:
+    """The grey value a mask's defect pixels lie above.
+
+    A 0 / 255 mask saved as JPEG rings a few levels up from 0 around its edges and in stray
+    blocks, which "non-zero" would turn into a grown region and extra exemplars: when the mask has
+    a second level far from its most common one (a quarter of the range or more), the cut is
+    midway between the two, and the upper one is the defect (the lower, for an inverted mask, is
+    then refused for covering the image). Otherwise (a 0 / 1 mask, a label map of small labels)
+    it is 0.
+    """
+    counts = np.bincount(bins.ravel(), minlength=16)
+    main = int(np.argmax(counts))
+    far = counts * (np.abs(np.arange(16) - main) >= 4)
+    if not far.any():
+        return 0.0
+    other = int(np.argmax(far))
+    return (float(np.median(grey[bins == main])) + float(np.median(grey[bins == other]))) / 2
 
 
 def regions_from_mask(mask: np.ndarray, min_pixels: int) -> list[tuple[np.ndarray, np.ndarray]]:
