@@ -183,6 +183,13 @@ class Predictor:
         masks = np.stack([region_mask(lb, r) for r in regions])
         return self.backend.encode_raw(x, boxes, masks)
 
+    def release_unused_memory(self) -> None:
+        """Let the backend hand back memory kept from batches bigger than those to come (ONNX
+        Runtime's CPU arena keeps its peak); a no-op for backends without such a cache."""
+        release = getattr(self.backend, "release_unused_memory", None)
+        if release is not None:
+            release()
+
     def raw(self, batch: np.ndarray, prototypes: np.ndarray) -> dict[str, np.ndarray]:
         """The model call alone: (B, 3, S, S) float32, (C, d) -> numpy outputs."""
         return self.backend.detect_raw(batch, np.asarray(prototypes, dtype=np.float32))

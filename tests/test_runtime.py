@@ -113,6 +113,28 @@ def test_predictor_times_each_stage(art, reference, prototypes):
     assert times.preprocess > 0 and times.predict > 0 and times.postprocess > 0
 
 
+def test_onnx_runtime_hands_back_the_memory_of_a_big_batch(art, prototypes):
+    """The service's start-up batch calibration runs batches bigger than it then uses; ONNX
+    Runtime's arena keeps their peak resident until asked to let it go."""
+    from models.runtime.bench import current_rss_mib
+
+    if current_rss_mib() is None:
+        pytest.skip("no /proc to read resident memory from")
+    be = make_backend("onnxruntime-cpu", art, None)
+    rng = np.random.default_rng(0)
+    size = be.info.image_size
+    one = rng.random((1, 3, size, size), dtype=np.float32)
+    be.detect_raw(rng.random((64, 3, size, size), dtype=np.float32), prototypes)
+    be.detect_raw(one, prototypes)
+    kept = current_rss_mib()
+    Predictor(be).release_unused_memory()
+    first = be.detect_raw(one, prototypes)
+    assert current_rss_mib() < kept - 100  # about 350 MB for the tiny model's 64 images
+    again = be.detect_raw(one, prototypes)  # the answers are the same
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+
+
 def test_torch_predictor_keeps_its_interface(art, reference):
     assert reference.fingerprint == art.model_file.fingerprint
     assert reference.score_threshold == pytest.approx(0.3)

@@ -600,6 +600,9 @@ class _BatchModel:
         self.clock.now += self.fixed + self.per_image * len(images)
         return []
 
+    def release_unused_memory(self) -> None:
+        pass
+
 
 def test_batch_size_calibration_picks_the_fastest_per_image(monkeypatch):
     import service.inference as inference

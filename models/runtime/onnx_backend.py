@@ -94,15 +94,27 @@ class OnnxRuntimeBackend:
             )
         self.info = det_info
         self.paths = (Path(detector_path), Path(prompt_encoder_path))
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._shrink_next = False
         self.device = "cpu" if device == "cpu" else f"cuda:{cuda_device}"
 
+    def release_unused_memory(self) -> None:
+        """Hand back, at the end of the next detector run, the host memory ONNX Runtime's arena
+        keeps from bigger batches. The arena holds its peak: the service's start-up batch
+        calibration, trying up to 8 images of four views each, would otherwise leave about 1 GB
+        more resident for the rest of the process (session 22: 1.6 -> 0.6 GB)."""
+        self._shrink_next = True
+
     def detect_raw(self, batch: np.ndarray, prototypes: np.ndarray) -> dict[str, np.ndarray]:
+        options, self._shrink_next = (self._shrink if self._shrink_next else None), False
         outs = self._det.run(
             list(DETECTOR_OUTPUTS),
             {
                 "images": np.ascontiguousarray(batch, dtype=np.float32),
                 "prototypes": np.ascontiguousarray(prototypes, dtype=np.float32),
             },
+            options,
         )
         return dict(zip(DETECTOR_OUTPUTS, outs, strict=True))
 
