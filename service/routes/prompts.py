@@ -170,7 +170,10 @@ async def register_prompts(
     ] = None,
     mask: Annotated[
         UploadFile | None,
-        File(description="PNG, non-zero = defect; each connected component is one exemplar"),
+        File(
+            description="the image's size, background 0 and defect non-zero (a two-level mask is "
+            "cut midway, so a JPEG keeps its shape); each connected component is one exemplar"
+        ),
     ] = None,
     author: Annotated[str, Form(max_length=128)] = "api",
     note: Annotated[str | None, Form(max_length=2000)] = None,
