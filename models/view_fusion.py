@@ -87,11 +87,10 @@ def fuse_views(
     if len(per_view) == 1:
         return per_view[0]
     fused, origin = fuse_with_origin(per_view, score_threshold, max_detections)
-    masks = [d.masks for d in per_view]
-    if all(m is not None for m in masks):
-        fused.masks = np.zeros((len(origin), *masks[0].shape[1:]), dtype=bool)  # type: ignore[union-attr]
-        for k, (v, i) in enumerate(origin):
-            fused.masks[k] = masks[v][i]  # type: ignore[index]
+    if all(d.masks is not None for d in per_view):
+        first = np.cumsum([0] + [len(d) for d in per_view[:-1]])  # each view's first row
+        rows = first[origin[:, 0]] + origin[:, 1]
+        fused.masks = np.concatenate([d.masks for d in per_view])[rows]  # type: ignore[misc]
     return fused
 
 
